@@ -1,0 +1,162 @@
+"""The task-axis replay buffer: one ring of capacity C per task, task-balanced uniform sampling.
+
+Storage is a pytree of `[T, C, ...]` arrays (any pytree: a `Transition`, a dict, ...), written E items per task at a
+time by `add` and read `[T, B // T, ...]` at a time by `sample`. Leaves keep the dtype of the example they were built
+from, so binary observations stored as uint8/bool cost one byte each. Rewards are meant to be stored raw: the
+per-task normaliser changes during training and is applied at sampling time.
+
+All functions are pure and jittable (donate the state to `add` so XLA writes in place) and vmap over a leading seed
+axis; the checks here use static shapes only, so they run once, at trace time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+PyTree = Any
+
+# `sample` draws indices as floor(u * size) with u a float32 uniform; above 2**24 float32 no longer represents every
+# integer, so some slots could never be drawn.
+MAX_CAPACITY = 2**24
+
+
+@struct.dataclass
+class ReplayState:
+    """Ring buffers of all tasks; `pointer` is the next slot to write, `size` the number of written slots."""
+
+    data: PyTree  # leaves [T, C, ...]
+    pointer: jax.Array  # int32[T]
+    size: jax.Array  # int32[T], at most C
+
+
+def init(example: PyTree, capacity: int) -> ReplayState:
+    """An empty buffer of `capacity` items per task, shaped and typed like `example` (leaves `[T, ...]`, one env).
+
+    `example` may hold arrays or `jax.ShapeDtypeStruct`s; only shapes and dtypes are read. Storage is zeros.
+    """
+    num_tasks = _num_tasks_of_example(example)
+    _check_capacity(capacity)
+    data = jax.tree.map(
+        lambda leaf: jnp.zeros((num_tasks, capacity, *leaf.shape[1:]), dtype=leaf.dtype), example
+    )
+    # Two separate buffers, not one shared zeros array: a donated state must not hold the same buffer twice.
+    return ReplayState(
+        data=data,
+        pointer=jnp.zeros((num_tasks,), dtype=jnp.int32),
+        size=jnp.zeros((num_tasks,), dtype=jnp.int32),
+    )
+
+
+def add(state: ReplayState, batch: PyTree) -> ReplayState:
+    """Write the E items of each task (leaves `[T, E, ...]`) at that task's pointer, wrapping around the ring.
+
+    Once a ring is full the oldest items are overwritten first. E may be any number from 1 to C.
+    """
+    num_tasks, capacity = _dims(state)
+    leaves = jax.tree.leaves(batch)
+    if not leaves or any(leaf.ndim < 2 for leaf in leaves):
+        raise ValueError(
+            f"add expects a batch with leaves of shape [T, E, ...]; got shapes {[leaf.shape for leaf in leaves]}"
+        )
+    envs_per_task = leaves[0].shape[1]
+    if envs_per_task > capacity:
+        raise ValueError(
+            f"add got {envs_per_task} items per task but the replay capacity is {capacity} per task: one write "
+            f"would overwrite itself. Use a capacity of at least the number of envs per task ({envs_per_task})."
+        )
+    _check_batch(state.data, batch, num_tasks, envs_per_task)
+
+    # E <= C, so the E slots of one task are distinct and the scatter writes each slot once.
+    slots = (state.pointer[:, None] + jnp.arange(envs_per_task, dtype=jnp.int32)) % capacity  # [T, E]
+    tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None]  # [T, 1]
+    data = jax.tree.map(
+        lambda stored, new: stored.at[tasks, slots].set(new, unique_indices=True), state.data, batch
+    )
+    return state.replace(
+        data=data,
+        pointer=(state.pointer + envs_per_task) % capacity,
+        size=jnp.minimum(state.size + envs_per_task, capacity),
+    )
+
+
+def sample(state: ReplayState, key: jax.Array, batch_size: int) -> PyTree:
+    """Draw `batch_size // T` items per task, uniform over its written slots: leaves `[T, batch_size // T, ...]`.
+
+    Row t holds only task t's items (task-balanced). `batch_size` is static (a Python int). Sample only after the
+    first `add`: a task with no written slot has nothing to draw from (it would get its slot 0, which holds zeros).
+    """
+    num_tasks, _ = _dims(state)
+    if batch_size % num_tasks != 0:
+        raise ValueError(
+            f"sample: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch is "
+            f"task-balanced, so use a multiple of {num_tasks}."
+        )
+    per_task = batch_size // num_tasks
+    u = jax.random.uniform(key, (num_tasks, per_task))
+    # floor(u * size) < size for u < 1 in exact arithmetic; the clip guards float32 rounding, never an empty ring.
+    indices = jnp.floor(u * state.size[:, None]).astype(jnp.int32)  # [T, B/T]
+    indices = jnp.clip(indices, 0, jnp.maximum(state.size[:, None] - 1, 0))
+    chex.assert_shape(indices, (num_tasks, per_task))
+    tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None]
+    return jax.tree.map(lambda stored: stored[tasks, indices], state.data)
+
+
+def nbytes(example: PyTree, capacity: int) -> int:
+    """The bytes `init(example, capacity)` allocates: storage plus the pointer and size counters."""
+    num_tasks = _num_tasks_of_example(example)
+    _check_capacity(capacity)
+    storage = sum(
+        num_tasks * capacity * math.prod(leaf.shape[1:]) * jnp.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree.leaves(example)
+    )
+    counters = 2 * num_tasks * jnp.dtype(jnp.int32).itemsize
+    return int(storage + counters)
+
+
+def _num_tasks_of_example(example: PyTree) -> int:
+    """T, the shared leading axis of the example's leaves."""
+    leaves = jax.tree.leaves(example)
+    if not leaves:
+        raise ValueError("replay example has no array leaves; expected a pytree of [T, ...] arrays")
+    leading = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
+    if len(leading) != 1 or None in leading:
+        raise ValueError(
+            f"replay example leaves must share a leading task axis [T, ...]; got shapes "
+            f"{[leaf.shape for leaf in leaves]}"
+        )
+    return leading.pop()
+
+
+def _check_capacity(capacity: int) -> None:
+    if not isinstance(capacity, int) or not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(f"replay capacity must be an int in [1, {MAX_CAPACITY}] per task; got {capacity!r}")
+
+
+def _dims(state: ReplayState) -> tuple[int, int]:
+    """(T, C) of an unbatched state (inside a vmap over seeds the leaves are unbatched too)."""
+    chex.assert_rank(state.pointer, 1)
+    num_tasks = state.pointer.shape[0]
+    capacity = jax.tree.leaves(state.data)[0].shape[1]
+    return num_tasks, capacity
+
+
+def _check_batch(data: PyTree, batch: PyTree, num_tasks: int, envs_per_task: int) -> None:
+    """Each batch leaf must match its storage leaf: shape `[T, E, *item]` and the same dtype (nothing is cast)."""
+    if jax.tree.structure(data) != jax.tree.structure(batch):
+        raise ValueError(
+            f"replay batch structure differs from the stored one:\n  stored {jax.tree.structure(data)}\n"
+            f"  batch  {jax.tree.structure(batch)}"
+        )
+
+    def check(path, stored, new):
+        where = f"replay leaf {jax.tree_util.keystr(path) or '<root>'}"
+        chex.assert_shape(new, (num_tasks, envs_per_task, *stored.shape[2:]), custom_message=where)
+        chex.assert_type(new, stored.dtype, custom_message=where)
+
+    jax.tree_util.tree_map_with_path(check, data, batch)

@@ -1,0 +1,202 @@
+"""Tests of purejaxmt.categorical against an independent float64 NumPy reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from purejaxmt import categorical
+
+# One compiled function per input shape: hypothesis draws shapes from small sets, so the cache stays small.
+_project = jax.jit(categorical.project)
+_expectation = jax.jit(categorical.expectation)
+
+
+def reference_project(atoms: np.ndarray, probs: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """C51 projection written as a plain loop over atoms, in float64.
+
+    Each position is clipped to the support's range, its bracketing support points s_j <= x <= s_{j+1} are found, and
+    its mass is split in proportion to distance; a position on s_j (or on the last point) goes entirely to it.
+    """
+    atoms = np.asarray(atoms, np.float64)
+    probs = np.asarray(probs, np.float64)
+    support = np.asarray(support, np.float64)
+    num_bins = support.shape[0]
+    batch_shape = atoms.shape[:-1]
+    flat_atoms = atoms.reshape(-1, atoms.shape[-1])
+    flat_probs = probs.reshape(-1, probs.shape[-1])
+    out = np.zeros((flat_atoms.shape[0], num_bins), np.float64)
+    for row in range(flat_atoms.shape[0]):
+        for x, p in zip(flat_atoms[row], flat_probs[row]):
+            x = min(max(x, support[0]), support[-1])
+            j = int(np.searchsorted(support, x, side="right")) - 1  # largest j with s_j <= x
+            if j >= num_bins - 1:
+                out[row, num_bins - 1] += p
+                continue
+            upper_share = (x - support[j]) / (support[j + 1] - support[j])
+            out[row, j] += p * (1.0 - upper_share)
+            out[row, j + 1] += p * upper_share
+    return out.reshape(*batch_shape, num_bins)
+
+
+def random_case(seed: int, num_bins: int, v_min: float, width: float, batch_shape: tuple[int, ...]):
+    """A support, and atoms inside it, outside it and exactly on its points, with random (sometimes zero) masses."""
+    rng = np.random.default_rng(seed)
+    support = np.asarray(categorical.make_support(num_bins, v_min, v_min + width))
+    shape = (*batch_shape, num_bins)
+    inside = rng.uniform(support[0], support[-1], shape)
+    outside = np.where(
+        rng.random(shape) < 0.5,
+        support[0] - rng.uniform(0.0, 2.0 * width, shape),
+        support[-1] + rng.uniform(0.0, 2.0 * width, shape),
+    )
+    on_point = support[rng.integers(0, num_bins, shape)]
+    kind = rng.integers(0, 3, shape)
+    atoms = np.select([kind == 0, kind == 1], [inside, outside], on_point).astype(np.float32)
+    probs = rng.dirichlet(np.ones(num_bins), batch_shape).astype(np.float32)
+    probs = np.where(rng.random(shape) < 0.2, 0.0, probs).astype(np.float32)  # some empty atoms
+    probs = (probs / np.maximum(probs.sum(-1, keepdims=True), 1e-6)).astype(np.float32)
+    return support, atoms, probs
+
+
+case_strategy = dict(
+    seed=st.integers(0, 2**31 - 1),
+    num_bins=st.sampled_from([2, 3, 7, 51, 101]),
+    v_min=st.floats(-100.0, 50.0),
+    width=st.floats(0.5, 100.0),
+    batch_shape=st.sampled_from([(), (3,), (2, 4)]),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(**case_strategy)
+def test_project_matches_reference(seed, num_bins, v_min, width, batch_shape):
+    support, atoms, probs = random_case(seed, num_bins, v_min, width, batch_shape)
+    projected = np.asarray(_project(atoms, probs, support))
+    expected = reference_project(atoms, probs, support)
+    assert projected.shape == (*batch_shape, num_bins)
+    assert projected.dtype == np.float32
+    np.testing.assert_allclose(projected, expected, atol=2e-6, rtol=0)
+    # Mass is conserved, also for rows that do not sum to 1.
+    np.testing.assert_allclose(projected.sum(-1), probs.astype(np.float64).sum(-1), atol=2e-6, rtol=0)
+    assert (projected >= 0).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(**case_strategy)
+def test_project_keeps_the_mean_when_nothing_is_clipped(seed, num_bins, v_min, width, batch_shape):
+    support, _, probs = random_case(seed, num_bins, v_min, width, batch_shape)
+    rng = np.random.default_rng(seed + 1)
+    atoms = rng.uniform(support[0], support[-1], probs.shape).astype(np.float32)
+    projected = _project(atoms, probs, support)
+    mean_before = (atoms.astype(np.float64) * probs).sum(-1)
+    mean_after = np.asarray(_expectation(projected, support))
+    scale = max(abs(support[0]), abs(support[-1]))
+    np.testing.assert_allclose(mean_after, mean_before, atol=1e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "support",
+    [
+        categorical.make_support(2, -10.0, 10.0),
+        categorical.make_support(5, -1.0, 1.0),
+        categorical.make_support(101, -10.0, 10.0),
+        categorical.make_support(51, -3.3, 17.1),
+        jnp.linspace(-10.0, 10.0, 101, dtype=jnp.float32),  # float32 rounding makes its gaps unequal
+    ],
+    ids=["K2", "K5", "K101", "K51-shifted", "jnp-linspace"],
+)
+def test_atoms_on_support_points_keep_all_their_mass_exactly(support):
+    # The classic floor == ceil bug drops exactly these masses; here every row must come back bit-for-bit.
+    num_bins = support.shape[0]
+    rng = np.random.default_rng(num_bins)
+    probs = rng.dirichlet(np.ones(num_bins), 4).astype(np.float32)
+    permutation = np.stack([rng.permutation(num_bins) for _ in range(4)])
+    atoms = np.asarray(support)[permutation]  # [4, K]: every support point once, shuffled
+    projected = np.asarray(_project(atoms, probs, support))
+    expected = np.zeros_like(probs)
+    np.put_along_axis(expected, permutation, probs, axis=-1)
+    np.testing.assert_array_equal(projected, expected)
+
+    # One-hot masses on the support points come back as the identity matrix.
+    identity = np.eye(num_bins, dtype=np.float32)
+    atoms = jnp.broadcast_to(support, identity.shape)
+    np.testing.assert_array_equal(np.asarray(_project(atoms, identity, support)), identity)
+
+
+def test_clipped_mass_goes_to_the_end_atoms():
+    support = categorical.make_support(5, -2.0, 2.0)
+    atoms = jnp.array([-100.0, -2.0, 2.0, 7.0, jnp.inf])
+    probs = jnp.array([0.1, 0.2, 0.3, 0.15, 0.25])
+    projected = np.asarray(_project(atoms, probs, support))
+    np.testing.assert_array_equal(projected[1:4], 0.0)
+    np.testing.assert_allclose(projected[[0, 4]], [0.3, 0.7], rtol=1e-6)
+
+
+def test_project_hand_example():
+    # support [-1, 0, 1]; mass 1 at 0.5 -> half on 0 and half on 1; mass at -0.75 -> 3/4 on -1, 1/4 on 0.
+    support = categorical.make_support(3, -1.0, 1.0)
+    atoms = jnp.array([[0.5, 0.5, 0.5], [-0.75, -0.75, -0.75]])
+    probs = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(_project(atoms, probs, support)), [[0.0, 0.5, 0.5], [0.75, 0.25, 0.0]])
+
+
+def test_project_rejects_mismatched_shapes():
+    support = categorical.make_support(5)
+    with pytest.raises(AssertionError):
+        categorical.project(jnp.zeros((2, 5)), jnp.zeros((3, 5)), support)
+    with pytest.raises(AssertionError):
+        categorical.project(jnp.zeros((2, 5)), jnp.zeros((2, 5)), support[None])
+
+
+def test_make_support():
+    support = categorical.make_support()
+    assert support.shape == (101,) and support.dtype == jnp.float32
+    # Each atom is the float32 nearest to the exact grid point: endpoints and 0 exact, symmetric.
+    np.testing.assert_array_equal(np.asarray(support), np.linspace(-10.0, 10.0, 101).astype(np.float32))
+    assert support[0] == -10.0 and support[-1] == 10.0 and support[50] == 0.0
+    np.testing.assert_array_equal(np.asarray(support), -np.asarray(support)[::-1])
+    with pytest.raises(ValueError, match="num_bins"):
+        categorical.make_support(1)
+    with pytest.raises(ValueError, match="v_min < v_max"):
+        categorical.make_support(11, 1.0, 1.0)
+
+
+def numpy_cross_entropy(logits: np.ndarray, target_probs: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    log_normaliser = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    return -(target_probs * (logits - log_normaliser[..., None])).sum(-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_bins=st.sampled_from([2, 11, 101]),
+    logit_scale=st.sampled_from([0.1, 3.0, 300.0]),
+)
+def test_cross_entropy_and_its_gradient(seed, num_bins, logit_scale):
+    rng = np.random.default_rng(seed)
+    logits = (logit_scale * rng.standard_normal((3, 4, num_bins))).astype(np.float32)
+    target_probs = rng.dirichlet(np.ones(num_bins) * 0.3, (3, 4)).astype(np.float32)
+
+    loss = categorical.cross_entropy(logits, target_probs)
+    assert loss.shape == (3, 4) and loss.dtype == jnp.float32
+    expected = numpy_cross_entropy(logits, target_probs.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(loss), expected, rtol=1e-5, atol=1e-4 * logit_scale)
+
+    grad = jax.grad(lambda x: categorical.cross_entropy(x, target_probs).sum())(jnp.asarray(logits))
+    assert np.isfinite(np.asarray(grad)).all()
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    softmax = softmax / softmax.sum(-1, keepdims=True)
+    # d/dlogits of -sum(t log softmax) = softmax * sum(t) - t = softmax - t for a normalised target.
+    np.testing.assert_allclose(np.asarray(grad), softmax - target_probs, atol=1e-5)
+
+
+def test_expectation():
+    support = categorical.make_support(5, -2.0, 2.0)
+    probs = jnp.array([[0.0, 0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0, 0.5], [0.0, 0.25, 0.0, 0.0, 0.75]])
+    np.testing.assert_allclose(np.asarray(categorical.expectation(probs, support)), [0.0, 0.0, 1.25], atol=1e-7)

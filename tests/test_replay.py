@@ -1,0 +1,198 @@
+"""Tests of the task-axis ring buffer: ring order, task balance, written slots only, dtypes, vmap, sizes."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from purejaxmt import replay
+
+# Compiled once per shape and reused by every test (the state is donated, as in training).
+_add = jax.jit(replay.add, donate_argnums=0)
+_sample = jax.jit(replay.sample, static_argnames="batch_size")
+
+SENTINEL = -1  # written into every slot before the first add: a sampled SENTINEL is an unwritten slot
+
+
+def _example(num_tasks: int) -> dict:
+    """One env's item per task: its task id and a per-task running item id."""
+    return {"task": jnp.zeros((num_tasks,), jnp.int32), "item": jnp.zeros((num_tasks,), jnp.int32)}
+
+
+def _batch(num_tasks: int, envs_per_task: int, first_item: int) -> dict:
+    """Items `first_item .. first_item + E - 1` of every task, tagged with the task id."""
+    task = np.repeat(np.arange(num_tasks, dtype=np.int32)[:, None], envs_per_task, axis=1)
+    item = np.broadcast_to(first_item + np.arange(envs_per_task, dtype=np.int32), (num_tasks, envs_per_task))
+    return {"task": jnp.asarray(task), "item": jnp.asarray(item)}
+
+
+def _empty(num_tasks: int, capacity: int) -> replay.ReplayState:
+    state = replay.init(_example(num_tasks), capacity)
+    return state.replace(data=jax.tree.map(lambda x: jnp.full_like(x, SENTINEL), state.data))
+
+
+def _fill(num_tasks: int, envs_per_task: int, capacity: int, num_adds: int) -> replay.ReplayState:
+    state = _empty(num_tasks, capacity)
+    for k in range(num_adds):
+        state = _add(state, _batch(num_tasks, envs_per_task, k * envs_per_task))
+    return state
+
+
+def test_fill_then_wrap_overwrites_the_oldest_items_in_order():
+    num_tasks, envs_per_task, capacity = 2, 3, 7  # C is not a multiple of E
+
+    state = _fill(num_tasks, envs_per_task, capacity, num_adds=2)  # items 0..5
+    np.testing.assert_array_equal(state.size, [6, 6])
+    np.testing.assert_array_equal(state.pointer, [6, 6])
+    for t in range(num_tasks):
+        np.testing.assert_array_equal(state.data["item"][t], [0, 1, 2, 3, 4, 5, SENTINEL])
+        np.testing.assert_array_equal(state.data["task"][t], [t] * 6 + [SENTINEL])
+
+    state = _add(state, _batch(num_tasks, envs_per_task, 6))  # items 6, 7, 8: 7 and 8 replace 0 and 1
+    np.testing.assert_array_equal(state.size, [7, 7])
+    np.testing.assert_array_equal(state.pointer, [2, 2])
+    for t in range(num_tasks):
+        np.testing.assert_array_equal(state.data["item"][t], [7, 8, 2, 3, 4, 5, 6])
+
+    for k in (3, 4):  # items 9..14: the ring holds the newest 7 items, 8..14, the next write goes to slot 1
+        state = _add(state, _batch(num_tasks, envs_per_task, k * envs_per_task))
+    np.testing.assert_array_equal(state.size, [7, 7])
+    np.testing.assert_array_equal(state.pointer, [1, 1])
+    for t in range(num_tasks):
+        np.testing.assert_array_equal(state.data["item"][t], [14, 8, 9, 10, 11, 12, 13])
+
+
+def test_sample_is_task_balanced():
+    num_tasks, per_task = 3, 200
+    state = _fill(num_tasks, envs_per_task=4, capacity=8, num_adds=3)
+    batch = _sample(state, jax.random.key(0), batch_size=num_tasks * per_task)
+    assert batch["task"].shape == (num_tasks, per_task)
+    for t in range(num_tasks):
+        np.testing.assert_array_equal(batch["task"][t], t)  # row t comes only from task t
+
+
+def test_sample_is_uniform_over_written_slots():
+    # Half the ring written: 5 items per task into C = 10.
+    num_tasks, per_task = 2, 5000
+    state = _fill(num_tasks, envs_per_task=5, capacity=10, num_adds=1)
+    batch = _sample(state, jax.random.key(1), batch_size=num_tasks * per_task)
+    for t in range(num_tasks):
+        counts = np.bincount(np.asarray(batch["item"][t]), minlength=5)
+        assert counts.shape == (5,), f"sampled an unwritten slot: counts {counts}"
+        # Each count is Binomial(5000, 0.2): mean 1000, std 28; 150 is more than 5 std.
+        np.testing.assert_allclose(counts, per_task / 5, atol=150)
+
+
+# A few fixed (T, E, C) shapes so that hypothesis examples reuse the compiled add/sample.
+SHAPES = [(1, 1, 1), (2, 1, 3), (3, 4, 4), (2, 3, 7), (2, 5, 6)]
+PER_TASK = 16
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from(SHAPES), num_adds=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_never_samples_an_unwritten_slot(shape, num_adds, seed):
+    num_tasks, envs_per_task, capacity = shape
+    state = _fill(num_tasks, envs_per_task, capacity, num_adds)
+    written = num_adds * envs_per_task
+    np.testing.assert_array_equal(state.size, min(written, capacity))
+    np.testing.assert_array_equal(state.pointer, written % capacity)
+
+    batch = _sample(state, jax.random.key(seed), batch_size=num_tasks * PER_TASK)
+    items = np.asarray(batch["item"])
+    assert items.shape == (num_tasks, PER_TASK)
+    assert (items != SENTINEL).all()
+    # Only the newest `capacity` items are still in the ring.
+    assert (items >= max(written - capacity, 0)).all() and (items < written).all()
+    np.testing.assert_array_equal(batch["task"], np.arange(num_tasks)[:, None] + np.zeros_like(items))
+
+
+def test_uint8_and_bool_are_stored_and_sampled_as_they_are():
+    num_tasks, envs_per_task = 2, 4
+    example = {"obs": jnp.zeros((num_tasks, 4, 4, 2), jnp.uint8), "terminal": jnp.zeros((num_tasks,), jnp.bool_)}
+    rng = np.random.default_rng(0)
+    batch = {
+        "obs": jnp.asarray(rng.integers(0, 256, (num_tasks, envs_per_task, 4, 4, 2), dtype=np.uint8)),
+        "terminal": jnp.asarray(rng.random((num_tasks, envs_per_task)) < 0.5),
+    }
+    state = replay.init(example, capacity=envs_per_task)
+    assert state.data["obs"].dtype == jnp.uint8 and state.data["terminal"].dtype == jnp.bool_
+
+    state = _add(state, batch)
+    assert state.data["obs"].dtype == jnp.uint8 and state.data["terminal"].dtype == jnp.bool_
+    np.testing.assert_array_equal(state.data["obs"], batch["obs"])  # C == E: the ring is exactly the batch
+    np.testing.assert_array_equal(state.data["terminal"], batch["terminal"])
+
+    sampled = _sample(state, jax.random.key(0), batch_size=num_tasks * 8)
+    assert sampled["obs"].dtype == jnp.uint8 and sampled["terminal"].dtype == jnp.bool_
+    for t in range(num_tasks):  # every sampled item is bit-for-bit one of that task's items
+        stored = np.asarray(state.data["obs"][t]).reshape(envs_per_task, -1)
+        for row in np.asarray(sampled["obs"][t]).reshape(8, -1):
+            assert (stored == row).all(axis=1).any()
+
+
+def test_vmap_over_seeds_gives_different_samples():
+    num_seeds, num_tasks, envs_per_task, capacity, per_task = 3, 2, 8, 16, 32
+    example = _example(num_tasks)
+    init = jax.vmap(lambda _: replay.init(example, capacity))
+    add = jax.jit(jax.vmap(replay.add), donate_argnums=0)
+    sample = jax.jit(jax.vmap(partial(replay.sample, batch_size=num_tasks * per_task)))
+
+    states = init(jnp.arange(num_seeds))
+    for k in range(2):  # the same items in every seed's buffer: any difference comes from the keys
+        batch = jax.tree.map(lambda x: jnp.stack([x] * num_seeds), _batch(num_tasks, envs_per_task, k * envs_per_task))
+        states = add(states, batch)
+    np.testing.assert_array_equal(states.size, capacity)
+
+    keys = jax.random.split(jax.random.key(0), num_seeds)
+    items = np.asarray(sample(states, keys)["item"])  # [S, T, B/T]
+    assert items.shape == (num_seeds, num_tasks, per_task)
+    for a in range(num_seeds):
+        for b in range(a + 1, num_seeds):
+            assert not np.array_equal(items[a], items[b]), f"seeds {a} and {b} drew the same sample"
+    # vmap changes nothing per seed.
+    one = jax.tree.map(lambda x: x[1], states)
+    np.testing.assert_array_equal(items[1], replay.sample(one, keys[1], num_tasks * per_task)["item"])
+
+
+def test_batch_size_not_divisible_by_tasks_names_both_numbers():
+    state = _fill(3, 1, 4, 1)
+    with pytest.raises(ValueError, match=r"batch_size 10 .* number of tasks 3"):
+        replay.sample(state, jax.random.key(0), 10)
+
+
+def test_more_items_per_task_than_capacity_is_an_error():
+    state = _empty(2, 3)
+    with pytest.raises(ValueError, match=r"4 items per task .* capacity is 3"):
+        replay.add(state, _batch(2, 4, 0))
+
+
+def test_batch_must_match_the_stored_dtype():
+    state = _empty(2, 3)
+    batch = _batch(2, 1, 0)
+    with pytest.raises(AssertionError, match="item"):
+        replay.add(state, {**batch, "item": batch["item"].astype(jnp.float32)})
+
+
+@pytest.mark.parametrize("capacity", [0, 2.5, replay.MAX_CAPACITY + 1])
+def test_invalid_capacity_is_an_error(capacity):
+    with pytest.raises(ValueError, match="capacity"):
+        replay.init(_example(2), capacity)
+
+
+def test_nbytes_equals_the_allocated_bytes():
+    num_tasks, capacity = 3, 11
+    example = {
+        "obs": jnp.zeros((num_tasks, 10, 10, 4), jnp.uint8),
+        "action": jnp.zeros((num_tasks, 6), jnp.float32),
+        "reward": jnp.zeros((num_tasks,), jnp.float32),
+        "terminal": jnp.zeros((num_tasks,), jnp.bool_),
+    }
+    allocated = sum(leaf.nbytes for leaf in jax.tree.leaves(replay.init(example, capacity)))
+    assert replay.nbytes(example, capacity) == allocated
+    # The runner may ask before anything exists: shapes and dtypes are enough.
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example)
+    assert replay.nbytes(abstract, capacity) == allocated
