@@ -1,0 +1,120 @@
+"""Task-axis environments: `make(tasks) -> TaskEnv`.
+
+`tasks` is a task-set name (see `TASK_SETS`) or a comma-separated list of task names (see `list_tasks()`; task-set
+names may appear in the list too). Rows of every `[T, E, ...]` array follow the order of the names. Continuous
+tasks come from MuJoCo Playground's DM Control suite (`purejaxmt.envs.playground`; read its docstring for the
+differences to dm_control before comparing returns with dm_control numbers).
+
+    env = make("humanoid")                                  # humanoid-stand, -walk, -run: T = 3
+    state, obs = env.reset(key, envs_per_task=64)           # obs [3, 64, 67]
+    state, transition = env.step(state, action)             # action [3, 64, 21] in [-1, 1]
+
+Tasks come from *providers*: modules imported on first use (MJX imports take seconds) that define
+`task_names() -> tuple[str, ...]` and `build(task_names) -> list[Family]`. To plug in another source of tasks (the
+Gymnax/MinAtar module `purejaxmt/envs/gymnax_tasks.py`, discrete), add one `Provider(...)` line to `PROVIDERS`
+below with its task sets. Discrete and continuous tasks cannot be mixed in one `TaskEnv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import MappingProxyType, ModuleType
+from typing import Mapping
+
+from purejaxmt.envs.base import EnvState, EpisodeStats, Family, TaskEnv, Transition
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Provider:
+    """A source of tasks for `make`.
+
+    `module` must define `task_names() -> tuple[str, ...]` and `build(task_names: tuple[str, ...]) -> list[Family]`
+    (families covering exactly the given names, which all belong to this provider, in request order).
+    """
+
+    module: str
+    discrete: bool
+    task_sets: Mapping[str, tuple[str, ...]]
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider(
+        module="purejaxmt.envs.playground",
+        discrete=False,
+        task_sets={
+            "humanoid": ("humanoid-stand", "humanoid-walk", "humanoid-run"),
+            "dmc-small": ("cartpole-swingup", "cheetah-run", "walker-walk"),
+        },
+    ),
+    # Provider(module="purejaxmt.envs.gymnax_tasks", discrete=True, task_sets={"minatar": (...)}),
+)
+
+TASK_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {name: tasks for provider in PROVIDERS for name, tasks in provider.task_sets.items()})
+
+
+def _task_providers() -> dict[str, Provider]:
+    """task name -> provider, over every provider (imports them); task names must be unique across providers."""
+    owner: dict[str, Provider] = {}
+    for provider in PROVIDERS:
+        for name in provider.load().task_names():
+            if name in owner or name in TASK_SETS:
+                raise ValueError(f"Task name {name!r} of {provider.module} is already a task name of "
+                                 f"{owner[name].module if name in owner else 'a task set'}.")
+            owner[name] = provider
+    for set_name, names in TASK_SETS.items():
+        missing = [name for name in names if name not in owner]
+        if missing:
+            raise ValueError(f"Task set {set_name!r} names unknown tasks {missing}.")
+    return owner
+
+
+def list_tasks() -> tuple[str, ...]:
+    """Every task name `make` accepts (imports the providers)."""
+    return tuple(_task_providers())
+
+
+def make(tasks: str, *, episode_length: int | None = None) -> TaskEnv:
+    """A `TaskEnv` for comma-separated task names (`list_tasks()`) and/or task-set names (`TASK_SETS`).
+
+    Rows follow the order of the names (task sets expanded in place). Unknown, empty and duplicate names raise
+    `ValueError`, as does a mix of discrete and continuous tasks.
+
+    Args:
+      tasks: e.g. `"humanoid"`, `"dmc-small"`, `"cartpole-swingup,cheetah-run"`, `"humanoid,pendulum-swingup"`.
+      episode_length: time limit in steps for every task; None keeps the tasks' default (1000 for DM Control).
+    """
+    if not isinstance(tasks, str):
+        raise ValueError(f"tasks must be a string (a task-set name or comma-separated task names), got {tasks!r}.")
+    owner = _task_providers()
+    valid = f"task sets: {sorted(TASK_SETS)}; tasks: {sorted(owner)}"
+    items = tuple(item.strip() for item in tasks.split(","))
+    if any(not item for item in items):
+        raise ValueError(f"Empty task name in {tasks!r}. Valid {valid}.")
+    unknown = [item for item in items if item not in owner and item not in TASK_SETS]
+    if unknown:
+        raise ValueError(f"Unknown task name(s) {unknown} in {tasks!r}. Valid {valid}.")
+    names = tuple(name for item in items for name in TASK_SETS.get(item, (item,)))
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"Duplicate task name(s) {duplicates} in {tasks!r} (task sets expanded: {list(names)}); "
+                         "each task may appear once.")
+
+    kinds = {owner[name].discrete for name in names}
+    if len(kinds) > 1:
+        discrete = [n for n in names if owner[n].discrete]
+        continuous = [n for n in names if not owner[n].discrete]
+        raise ValueError(f"Cannot mix discrete tasks {discrete} and continuous tasks {continuous} in one TaskEnv.")
+
+    families: list[Family] = []
+    for provider in dict.fromkeys(owner[name] for name in names):  # providers in order of first appearance
+        families.extend(provider.load().build(tuple(n for n in names if owner[n] is provider)))
+    return TaskEnv(families, task_order=names, episode_length=episode_length)
+
+
+__all__ = ["EnvState", "EpisodeStats", "Family", "Provider", "PROVIDERS", "TASK_SETS", "TaskEnv", "Transition",
+           "list_tasks", "make"]

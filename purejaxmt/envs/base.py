@@ -1,0 +1,405 @@
+"""The task axis: families of tasks concatenated into one `TaskEnv`.
+
+Shapes: `T` tasks, `E` environments per task, `O` the (padded) observation shape, `A` the padded action size.
+
+A `Family` is a group of tasks that share one model and are vmapped together over `[n_tasks, E]` (for example the
+three Playground humanoid tasks, or one Playground DM Control task). A `TaskEnv` concatenates several families on
+the task axis inside one jitted function, zero-pads observations to the largest observation shape and continuous
+actions to the largest action size, and owns everything that is the same for every family:
+
+- auto-reset that keeps the true final observation in `Transition.next_obs` while `EnvState.obs` holds the reset
+  observation to act on next;
+- the time limit (`truncated` = the episode reached `episode_length` steps and is not terminal);
+- per-env episode return/length and the stats of the episode that just finished;
+- the non-finite guard: an env whose physics state, observation or reward is not finite gets a terminal transition
+  with reward 0 and `next_obs` = its previous observation, is reset, and is counted in `nonfinite_count`;
+- randomness: every draw descends from the key given to `reset`; the state carries its key and splits it per step.
+
+Everything here is pure and jittable. `TaskEnv.reset`/`step` are wrapped in `jax.jit` (so eager calls compile
+instead of running MJX op by op; inside an outer jit, vmap or scan they inline); `envs_per_task` is a Python int.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pytrees
+
+
+@struct.dataclass
+class Transition:
+    """One step of all `[T, E]` envs, ready for the replay buffer.
+
+    `action` is the action as applied: continuous actions have their padded entries (where `action_mask` is false)
+    set to 0. `next_obs` is the true final observation where an episode ended (never the reset observation), and
+    the previous observation where the non-finite guard fired. `reward` is raw (never normalised) and always finite.
+    """
+
+    obs: jax.Array  # [T, E, *O]
+    action: jax.Array  # [T, E, A] float32 (continuous) | [T, E] int32 (discrete)
+    reward: jax.Array  # f32[T, E]
+    next_obs: jax.Array  # [T, E, *O]
+    terminal: jax.Array  # bool[T, E]: the MDP ended (or the env hit a non-finite state); do not bootstrap
+    truncated: jax.Array  # bool[T, E]: cut by the time limit, not terminal; bootstrap from next_obs
+
+
+@struct.dataclass
+class EpisodeStats:
+    """Per-env episode bookkeeping.
+
+    `finished*` describe the episode that ended at this step where `finished` is true; elsewhere they keep the
+    values of that env's most recent finished episode (0 before the first one).
+    """
+
+    return_: jax.Array  # f32[T, E]: return of the running episode so far
+    length: jax.Array  # i32[T, E]: steps of the running episode so far
+    finished: jax.Array  # bool[T, E]: an episode ended at this step (terminal or truncated)
+    finished_return: jax.Array  # f32[T, E]
+    finished_length: jax.Array  # i32[T, E]
+    nonfinite: jax.Array  # bool[T, E]: the non-finite guard fired at this step
+    nonfinite_count: jax.Array  # i32[T]: how often the guard fired per task since `reset`
+
+
+@struct.dataclass
+class EnvState:
+    """Everything the environments are: family states, the observation to act on next, the key, the stats."""
+
+    family_states: tuple  # one pytree per family, leaves [n_tasks_of_family, E, ...]
+    obs: jax.Array  # [T, E, *O]: observation to act on next (already reset where an episode ended)
+    key: jax.Array  # PRNG key; split at every step
+    stats: EpisodeStats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Families
+
+
+class Family(abc.ABC):
+    """A group of tasks that share one model and are vmapped together over `[n, E]` (n = `len(task_names)`).
+
+    Subclasses set the attributes below in `__init__` and implement `reset` and `step`. A family knows nothing of
+    time limits, auto-reset, padding or episode statistics: the `TaskEnv` does all of that.
+
+    Attributes:
+      task_names: the family's tasks, one per leading row.
+      obs_shape: observation shape of one env (unpadded).
+      obs_dtype: observation dtype.
+      action_size: continuous families: the length of the action vector the family reads; else None.
+      num_actions: discrete families: the size of the (shared) action set; else None.
+      episode_length: the default time limit in steps (overridable through `TaskEnv(episode_length=...)`).
+    """
+
+    task_names: tuple[str, ...]
+    obs_shape: tuple[int, ...]
+    obs_dtype: Any
+    action_size: int | None = None
+    num_actions: int | None = None
+    episode_length: int
+
+    @property
+    def discrete(self) -> bool:
+        return self.num_actions is not None
+
+    def action_mask(self) -> np.ndarray:
+        """bool[n, action_size or num_actions]: the entries each task reads (continuous) or legal actions."""
+        width = self.num_actions if self.discrete else self.action_size
+        return np.ones((len(self.task_names), width), dtype=bool)
+
+    @abc.abstractmethod
+    def reset(self, keys: jax.Array) -> tuple[Any, jax.Array]:
+        """keys `[n, E]` -> (inner state with leaves `[n, E, ...]`, obs `[n, E, *obs_shape]`)."""
+
+    @abc.abstractmethod
+    def step(self, inner: Any, action: jax.Array, keys: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array,
+                                                                          jax.Array]:
+        """(inner, action `[n, E, action_size]` or int `[n, E]`, keys `[n, E]`) ->
+        (inner, obs `[n, E, *O]`, reward f32`[n, E]`, terminal bool`[n, E]`, truncated bool`[n, E]`).
+
+        `truncated` is the family's own truncation (most families: all False); the `TaskEnv` adds its time limit.
+        """
+
+    def finite(self, inner: Any) -> jax.Array:
+        """bool[n, E]: the env's state is finite. Default: every floating leaf of `inner` (all True when it has
+        none). Override to check less (e.g. only positions and velocities)."""
+        return _all_finite_tree(inner)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TaskEnv
+
+
+class TaskEnv:
+    """Several families concatenated on the task axis; row t of every `[T, E, ...]` array is task `task_names[t]`.
+
+    Args:
+      families: the families; their tasks are placed in the order given by `task_order` (default: family order).
+      task_order: optional permutation of all task names giving the row order.
+      episode_length: time limit in steps for every task; None keeps each family's default (1000 for DM Control).
+
+    Attributes:
+      task_names, num_tasks, obs_shape (padded, per env), obs_dtype, action_size (continuous, else None),
+      num_actions (discrete, else None), discrete, action_mask (np bool[T, A]), episode_length (tuple of ints, [T]),
+      families.
+    """
+
+    def __init__(self, families: Sequence[Family], task_order: Sequence[str] | None = None,
+                 episode_length: int | None = None):
+        families = tuple(families)
+        if not families:
+            raise ValueError("TaskEnv needs at least one family, got none.")
+        kinds = {f.discrete for f in families}
+        if len(kinds) > 1:
+            raise ValueError(
+                "Cannot mix discrete and continuous tasks in one TaskEnv: discrete "
+                f"{[n for f in families if f.discrete for n in f.task_names]}, continuous "
+                f"{[n for f in families if not f.discrete for n in f.task_names]}.")
+        if episode_length is not None and (not isinstance(episode_length, (int, np.integer))
+                                           or isinstance(episode_length, bool) or episode_length < 1):
+            raise ValueError(f"episode_length must be a positive int or None, got {episode_length!r}.")
+
+        family_order = tuple(n for f in families for n in f.task_names)
+        if len(set(family_order)) != len(family_order):
+            raise ValueError(f"Task names must be unique across families, got {family_order}.")
+        task_order = family_order if task_order is None else tuple(task_order)
+        if sorted(task_order) != sorted(family_order):
+            raise ValueError(f"task_order {task_order} must be a permutation of the families' tasks {family_order}.")
+
+        self.families = families
+        self.task_names = task_order
+        self.num_tasks = len(task_order)
+        self.discrete = families[0].discrete
+
+        # _rows[f]: the task-axis rows family f occupies; _to_rows maps family-concatenated order to row order.
+        row_of = {name: t for t, name in enumerate(task_order)}
+        self._rows = tuple(np.array([row_of[n] for n in f.task_names], dtype=np.int32) for f in families)
+        concat_rows = np.concatenate(self._rows)
+        self._identity_order = bool(np.all(concat_rows == np.arange(self.num_tasks)))
+        self._to_rows = np.argsort(concat_rows)  # concat[_to_rows] is in row order
+
+        ranks = {len(f.obs_shape) for f in families}
+        if len(ranks) > 1:
+            raise ValueError(f"Families have observations of different ranks: "
+                             f"{[(f.task_names, f.obs_shape) for f in families]}.")
+        self.obs_shape = tuple(int(max(dims)) for dims in zip(*(f.obs_shape for f in families)))
+        self.obs_dtype = np.result_type(*(np.dtype(f.obs_dtype) for f in families))
+
+        if self.discrete:
+            self.num_actions = int(max(f.num_actions for f in families))
+            self.action_size = None
+            width = self.num_actions
+        else:
+            self.action_size = int(max(f.action_size for f in families))
+            self.num_actions = None
+            width = self.action_size
+        mask = np.zeros((self.num_tasks, width), dtype=bool)
+        for f, rows in zip(families, self._rows):
+            fm = np.asarray(f.action_mask(), dtype=bool)
+            mask[rows, : fm.shape[1]] = fm
+        self.action_mask = mask
+
+        lengths = np.zeros(self.num_tasks, dtype=np.int32)
+        for f, rows in zip(families, self._rows):
+            lengths[rows] = f.episode_length if episode_length is None else episode_length
+        self.episode_length = tuple(int(x) for x in lengths)
+        self._jit_reset = jax.jit(self._reset, static_argnums=1)
+        self._jit_step = jax.jit(self._step)
+
+    def __repr__(self) -> str:
+        kind = f"num_actions={self.num_actions}" if self.discrete else f"action_size={self.action_size}"
+        return (f"TaskEnv(tasks={list(self.task_names)}, obs_shape={self.obs_shape}, {kind}, "
+                f"episode_length={list(self.episode_length)})")
+
+    # -- layout helpers ------------------------------------------------------------------------------------------
+
+    def _to_task_axis(self, parts: Sequence[jax.Array]) -> jax.Array:
+        """Concatenate per-family `[n_f, E, ...]` arrays and put the rows in task order."""
+        out = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        return out if self._identity_order else out[self._to_rows]
+
+    def _rows_of(self, x: jax.Array, f: int) -> jax.Array:
+        rows = self._rows[f]
+        if self._identity_order:
+            start = int(sum(len(r) for r in self._rows[:f]))
+            return x[start: start + len(rows)]
+        return x[rows]
+
+    def _pad_obs(self, obs: jax.Array) -> jax.Array:
+        pad = [(0, 0), (0, 0)] + [(0, full - own) for own, full in zip(obs.shape[2:], self.obs_shape)]
+        return jnp.pad(obs.astype(self.obs_dtype), pad)
+
+    def _split_keys(self, key: jax.Array, envs_per_task: int) -> list[jax.Array]:
+        keys = jax.random.split(key, self.num_tasks * envs_per_task)
+        keys = keys.reshape((self.num_tasks, envs_per_task) + keys.shape[1:])
+        return [self._rows_of(keys, f) for f in range(len(self.families))]
+
+    # -- the interface -------------------------------------------------------------------------------------------
+
+    def reset(self, key: jax.Array, envs_per_task: int) -> tuple[EnvState, jax.Array]:
+        """Start `envs_per_task` envs of every task. Returns (state, obs `[T, E, *O]`).
+
+        Compiled with `jax.jit` (envs_per_task static), as is `step`: eager MJX would run op by op (an eager
+        humanoid reset takes minutes). Inside an outer jit/vmap/scan both simply inline.
+        """
+        if not isinstance(envs_per_task, (int, np.integer)) or isinstance(envs_per_task, bool) or envs_per_task < 1:
+            raise ValueError(f"envs_per_task must be a positive Python int, got {envs_per_task!r}.")
+        return self._jit_reset(key, int(envs_per_task))
+
+    def step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
+        """Advance every env one step; auto-reset the envs whose episode ended. Returns (state, transition)."""
+        return self._jit_step(state, action)
+
+    def _reset(self, key: jax.Array, envs_per_task: int) -> tuple[EnvState, jax.Array]:
+        key, reset_key = jax.random.split(key)
+        inners, obs_parts = [], []
+        for family, keys in zip(self.families, self._split_keys(reset_key, envs_per_task)):
+            inner, obs = family.reset(keys)
+            inners.append(_strong_types(inner))
+            obs_parts.append(self._pad_obs(obs))
+        obs = self._to_task_axis(obs_parts)
+        shape = (self.num_tasks, envs_per_task)
+        stats = EpisodeStats(
+            return_=jnp.zeros(shape, jnp.float32),
+            length=jnp.zeros(shape, jnp.int32),
+            finished=jnp.zeros(shape, bool),
+            finished_return=jnp.zeros(shape, jnp.float32),
+            finished_length=jnp.zeros(shape, jnp.int32),
+            nonfinite=jnp.zeros(shape, bool),
+            nonfinite_count=jnp.zeros((self.num_tasks,), jnp.int32),
+        )
+        return EnvState(family_states=tuple(inners), obs=obs, key=key, stats=stats), obs
+
+    def _step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
+        envs_per_task = state.obs.shape[1]
+        expected = ((self.num_tasks, envs_per_task) if self.discrete
+                    else (self.num_tasks, envs_per_task, self.action_size))
+        if tuple(action.shape) != expected:
+            raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} ([T, E"
+                             f"{'' if self.discrete else ', A'}] for tasks {list(self.task_names)}).")
+        if self.discrete:
+            action = action.astype(jnp.int32)
+        else:
+            action = jnp.where(jnp.asarray(self.action_mask)[:, None, :], action.astype(jnp.float32), 0.0)
+
+        key, step_key, reset_key = jax.random.split(state.key, 3)
+        step_keys = self._split_keys(step_key, envs_per_task)
+        reset_keys = self._split_keys(reset_key, envs_per_task)
+        length = state.stats.length + 1
+        time_limit = jnp.asarray(self.episode_length, jnp.int32)[:, None]
+
+        inners, next_obs_parts, reset_obs_parts, reward_parts, terminal_parts, truncated_parts, nonfinite_parts = (
+            [], [], [], [], [], [], [])
+        for f, family in enumerate(self.families):
+            prev_obs = self._rows_of(state.obs, f)  # [n, E, *O] padded
+            if family.discrete:
+                family_action = self._rows_of(action, f)
+            else:
+                family_action = self._rows_of(action, f)[..., : family.action_size]
+            inner, obs, reward, terminal, truncated = family.step(state.family_states[f], family_action, step_keys[f])
+            inner = _strong_types(inner)
+            obs = self._pad_obs(obs)
+            reward = reward.astype(jnp.float32)
+
+            # Non-finite guard: never let a NaN/inf reach the transition; end and reset that env.
+            finite = family.finite(inner) & _all_finite(obs) & jnp.isfinite(reward)
+            nonfinite = ~finite
+            reward = jnp.where(nonfinite, 0.0, reward)
+            obs = jnp.where(_expand(nonfinite, obs), prev_obs, obs)
+            terminal = terminal.astype(bool) | nonfinite
+            hit_limit = self._rows_of(length, f) >= self._rows_of(time_limit, f)
+            truncated = (truncated.astype(bool) | hit_limit) & ~terminal
+            done = terminal | truncated
+
+            inner, reset_obs = self._auto_reset(family, done, inner, obs, reset_keys[f])
+            inners.append(inner)
+            next_obs_parts.append(obs)
+            reset_obs_parts.append(reset_obs)
+            reward_parts.append(reward)
+            terminal_parts.append(terminal)
+            truncated_parts.append(truncated)
+            nonfinite_parts.append(nonfinite)
+
+        next_obs = self._to_task_axis(next_obs_parts)
+        reward = self._to_task_axis(reward_parts)
+        terminal = self._to_task_axis(terminal_parts)
+        truncated = self._to_task_axis(truncated_parts)
+        nonfinite = self._to_task_axis(nonfinite_parts)
+        done = terminal | truncated
+
+        episode_return = state.stats.return_ + reward
+        stats = EpisodeStats(
+            return_=jnp.where(done, 0.0, episode_return),
+            length=jnp.where(done, 0, length),
+            finished=done,
+            finished_return=jnp.where(done, episode_return, state.stats.finished_return),
+            finished_length=jnp.where(done, length, state.stats.finished_length),
+            nonfinite=nonfinite,
+            nonfinite_count=state.stats.nonfinite_count + nonfinite.sum(axis=1, dtype=jnp.int32),
+        )
+        transition = Transition(obs=state.obs, action=action, reward=reward, next_obs=next_obs,
+                                terminal=terminal, truncated=truncated)
+        new_state = EnvState(family_states=tuple(inners), obs=self._to_task_axis(reset_obs_parts), key=key,
+                             stats=stats)
+        return new_state, transition
+
+    def _auto_reset(self, family: Family, done: jax.Array, inner: Any, obs: jax.Array, keys: jax.Array):
+        """Replace the state and observation of the `done` envs of one family by a fresh reset.
+
+        The reset is computed only when some env of the family is done (`lax.cond`); under an outer `vmap` with a
+        batched predicate JAX runs both branches, i.e. the reset every step (correct, just slower; Playground's
+        cheetah reset, for one, runs 200 physics steps).
+        """
+
+        def do_reset(operand):
+            inner, obs = operand
+            fresh_inner, fresh_obs = family.reset(keys)
+            fresh_inner = _strong_types(fresh_inner)
+            fresh_obs = self._pad_obs(fresh_obs)
+            inner = jax.tree.map(lambda new, old: jnp.where(_expand(done, old), new, old), fresh_inner, inner)
+            obs = jnp.where(_expand(done, obs), fresh_obs, obs)
+            return inner, obs
+
+        return jax.lax.cond(jnp.any(done), do_reset, lambda operand: operand, (inner, obs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
+    """bool[n, E] -> broadcastable against `like` [n, E, ...]."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def _all_finite(x: jax.Array) -> jax.Array:
+    """bool[n, E]: every entry of `x` [n, E, ...] is finite (non-floating arrays are always finite)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.ones(x.shape[:2], bool)
+    return jnp.isfinite(x).reshape(x.shape[:2] + (-1,)).all(axis=-1)
+
+
+def _all_finite_tree(tree: Any) -> jax.Array:
+    """bool[n, E]: every floating leaf of `tree` (leaves [n, E, ...]) is finite."""
+    leaves = jax.tree.leaves(tree)
+    result = jnp.ones(leaves[0].shape[:2], bool)
+    for leaf in leaves:
+        result = result & _all_finite(leaf)
+    return result
+
+
+def _strong_types(tree: Any) -> Any:
+    """Drop weak types (Playground's reset has a weak-typed `data.time`) so reset and step states match exactly."""
+
+    def strong(x):
+        if jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+            return x
+        return jnp.asarray(x, dtype=jnp.result_type(x))  # an explicit dtype makes the result strongly typed
+
+    return jax.tree.map(strong, tree)

@@ -1,0 +1,206 @@
+"""MuJoCo Playground DM Control tasks as task-axis families (continuous actions).
+
+Task names are kebab-case versions of Playground's names (`CheetahRun` -> `cheetah-run`, `BallInCup` ->
+`ball-in-cup`, `CartpoleSwingup` -> `cartpole-swingup`), derived from `registry.dm_control_suite.ALL_ENVS`. Every
+env is loaded with `registry.load(name, config_overrides={"impl": "jax"})` (the default Warp impl is NVIDIA-only).
+
+- `PlaygroundFamily`: any one Playground DM Control env, vmapped over `[1, E]`; Playground's own `reset`/`step`.
+- `HumanoidFamily`: humanoid-stand / -walk / -run as ONE MJX model vmapped over `[n_tasks, E]`; the target move
+  speed (0, 1, 10 m/s) is a per-env array in the state and the reward is `humanoid_reward`, a traced-speed version
+  of Playground's `Humanoid._get_reward` that equals it for each task.
+
+Differences to dm_control (say so wherever returns are compared with dm_control numbers): these are Playground's
+MJX re-implementations, not dm_control itself.
+- Humanoid: physics timestep 0.005 s (dm_control: 0.0025 s; control step 0.025 s in both); the reset is
+  deterministic (the default standing pose, no random initial joint angles as in dm_control); Playground's `done`
+  fires only on a NaN state (the `TaskEnv` non-finite guard handles that case).
+- All: observations are one flat float32 vector in Playground's order (dm_control: a dict of named arrays); other
+  tasks' timesteps and integrators may differ from dm_control too (e.g. finger uses `implicitfast`); read the
+  Playground source of the task you compare.
+- The time limit is 1000 steps for every task here (as in dm_control, where it is given in seconds); there is no
+  action repeat.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from mujoco import mjx
+from mujoco_playground import registry
+from mujoco_playground._src import mjx_env
+from mujoco_playground._src import reward as pg_reward
+from mujoco_playground._src.dm_control_suite import humanoid as pg_humanoid
+
+from purejaxmt.envs.base import Family
+
+# Target horizontal speed of the centre of mass (m/s) per humanoid task; 0 selects the "stand still" reward.
+HUMANOID_SPEEDS = {
+    "humanoid-stand": 0.0,
+    "humanoid-walk": pg_humanoid.WALK_SPEED,
+    "humanoid-run": pg_humanoid.RUN_SPEED,
+}
+
+
+def kebab(playground_name: str) -> str:
+    """`CheetahRun` -> `cheetah-run`, `BallInCup` -> `ball-in-cup`, `SwimmerSwimmer6` -> `swimmer-swimmer6`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", playground_name).lower()
+
+
+def _playground_names() -> dict[str, str]:
+    """kebab-case task name -> Playground env name, for every Playground DM Control env."""
+    return {kebab(name): name for name in registry.dm_control_suite.ALL_ENVS}
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(_playground_names())
+
+
+def load(task_name: str) -> Any:
+    """The Playground env of a task, always with the pure-JAX MJX implementation."""
+    names = _playground_names()
+    if task_name not in names:
+        raise ValueError(f"Unknown Playground DM Control task {task_name!r}; known: {sorted(names)}.")
+    return registry.load(names[task_name], config_overrides={"impl": "jax"})
+
+
+def build(tasks: Sequence[str]) -> list[Family]:
+    """Families for the requested tasks: all humanoid tasks share one `HumanoidFamily`; every other task gets a
+    `PlaygroundFamily` of its own. Family order follows the first appearance of its tasks in `tasks`."""
+    humanoid_tasks = tuple(t for t in tasks if t in HUMANOID_SPEEDS)
+    families: list[Family] = []
+    for task in tasks:
+        if task in HUMANOID_SPEEDS:
+            if task == humanoid_tasks[0]:
+                families.append(HumanoidFamily(humanoid_tasks))
+        else:
+            families.append(PlaygroundFamily(task))
+    return families
+
+
+def _physics_finite(data: mjx.Data) -> jax.Array:
+    """bool[n, E]: qpos, qvel and actuator activations are finite (what NaN-ing physics shows up in first)."""
+    finite = jnp.isfinite(data.qpos).all(-1) & jnp.isfinite(data.qvel).all(-1)
+    return finite & jnp.isfinite(data.act).all(-1)
+
+
+def _vmap2(fn):
+    """vmap `fn` over the leading `[n, E]` axes of every argument, flattened into one batch axis (a single vmap
+    lowers to simpler HLO than two nested ones: the humanoid step compiles about a quarter faster)."""
+
+    def batched(*args):
+        lead = jax.tree.leaves(args)[0].shape[:2]
+        flat = jax.tree.map(lambda x: x.reshape((lead[0] * lead[1],) + x.shape[2:]), args)
+        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), jax.vmap(fn)(*flat))
+
+    return batched
+
+
+class PlaygroundFamily(Family):
+    """One Playground DM Control task, vmapped over `[1, E]` with Playground's own `reset` and `step`.
+
+    The inner state is Playground's `mjx_env.State` (its `info["rng"]` descends from the key given to `reset`).
+    `terminal` is Playground's `done` (for the DM Control tasks: a NaN state only).
+    """
+
+    def __init__(self, task_name: str):
+        self.env = load(task_name)
+        self.task_names = (task_name,)
+        obs_size = self.env.observation_size
+        if not isinstance(obs_size, int):
+            raise ValueError(f"{task_name}: only flat vector observations are supported, got {obs_size}.")
+        self.obs_shape = (obs_size,)
+        self.obs_dtype = np.float32
+        self.action_size = int(self.env.action_size)
+        self.episode_length = int(self.env._config.episode_length)
+
+    def reset(self, keys):
+        state = _vmap2(self.env.reset)(keys)
+        return state, state.obs
+
+    def step(self, inner, action, keys):
+        del keys  # Playground's DM Control steps are deterministic.
+        state = _vmap2(self.env.step)(inner, action)
+        return state, state.obs, state.reward, state.done > 0, jnp.zeros(state.done.shape, bool)
+
+    def finite(self, inner):
+        return _physics_finite(inner.data)
+
+
+@struct.dataclass
+class HumanoidState:
+    data: mjx.Data  # leaves [n, E, ...]
+    move_speed: jax.Array  # f32[n, E]: target horizontal speed; 0 = stand
+
+
+class HumanoidFamily(Family):
+    """humanoid-stand / -walk / -run as one MJX model vmapped over `[n_tasks, E]`.
+
+    Physics and observations are Playground's (`mjx_env.step`, `Humanoid._get_obs`, `Humanoid.reset` for the
+    initial data); the reward is `humanoid_reward` with the per-env target speed traced. Differences to dm_control:
+    timestep 0.005 s (dm_control 0.0025 s), deterministic reset (no random initial pose), Playground's `done` only on
+    NaN (handled here by the `TaskEnv` non-finite guard; this family never reports `terminal`).
+    """
+
+    def __init__(self, task_names: Sequence[str]):
+        task_names = tuple(task_names)
+        unknown = [t for t in task_names if t not in HUMANOID_SPEEDS]
+        if not task_names or unknown:
+            raise ValueError(f"HumanoidFamily takes tasks from {sorted(HUMANOID_SPEEDS)}, got {list(task_names)}.")
+        # One model for all tasks: the Playground humanoid tasks differ only in their move speed.
+        self.env = load(task_names[0])
+        self.task_names = task_names
+        self.move_speeds = np.array([HUMANOID_SPEEDS[t] for t in task_names], np.float32)  # [n]
+        self.obs_shape = (int(self.env.observation_size),)
+        self.obs_dtype = np.float32
+        self.action_size = int(self.env.action_size)
+        self.episode_length = int(self.env._config.episode_length)
+
+    def reset(self, keys):
+        state = _vmap2(self.env.reset)(keys)  # deterministic in Playground 0.2.0; the keys flow in regardless
+        move_speed = jnp.broadcast_to(jnp.asarray(self.move_speeds)[:, None], keys.shape[:2])
+        return HumanoidState(data=state.data, move_speed=move_speed), state.obs
+
+    def step(self, inner, action, keys):
+        del keys  # the physics is deterministic
+
+        def one_env(data, action, move_speed):
+            data = mjx_env.step(self.env.mjx_model, data, action, self.env.n_substeps)
+            return data, self.env._get_obs(data, {}), humanoid_reward(self.env, data, action, move_speed)
+
+        data, obs, reward = _vmap2(one_env)(inner.data, action, inner.move_speed)
+        no = jnp.zeros(reward.shape, bool)
+        return inner.replace(data=data), obs, reward, no, no
+
+    def finite(self, inner):
+        return _physics_finite(inner.data)
+
+
+def humanoid_reward(env: Any, data: mjx.Data, action: jax.Array, move_speed: jax.Array) -> jax.Array:
+    """Playground's `Humanoid._get_reward` for one env with the target speed traced (0 = stand).
+
+    `stand * move * small_control`, where `move` is "do not move" (speed 0) or a linear ramp up to the target
+    speed; the tolerance calls whose bounds do not depend on the speed are Playground's own.
+    """
+    standing = pg_reward.tolerance(
+        env._head_height(data), bounds=(pg_humanoid._STAND_HEIGHT, float("inf")), margin=pg_humanoid._STAND_HEIGHT / 4)
+    upright = pg_reward.tolerance(
+        env._torso_upright(data), bounds=(0.9, float("inf")), sigmoid="linear", margin=1.9, value_at_margin=0)
+    stand_reward = standing * upright
+    small_control = pg_reward.tolerance(action, margin=1, value_at_margin=0, sigmoid="quadratic").mean()
+    small_control = (4 + small_control) / 5
+
+    horizontal_velocity = env._center_of_mass_velocity(data)[:2]
+    dont_move = pg_reward.tolerance(horizontal_velocity, margin=2).mean()
+    # tolerance(|v|, bounds=(speed, inf), margin=speed, value_at_margin=0, sigmoid="linear") with a traced speed:
+    # inside the bounds 1, else the linear sigmoid of the distance below the bound in units of the margin.
+    speed = jnp.linalg.norm(horizontal_velocity)
+    margin = jnp.where(move_speed > 0, move_speed, 1.0)  # the stand branch never reads it; avoid 0/0
+    distance = jnp.where(speed < move_speed, move_speed - speed, speed - jnp.inf) / margin
+    move = jnp.where(speed >= move_speed, 1.0, jnp.where(jnp.abs(distance) < 1, 1 - distance, 0.0))
+    move = (5 * move + 1) / 6
+    return stand_reward * jnp.where(move_speed == 0, dont_move, move) * small_control
