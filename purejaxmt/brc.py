@@ -110,7 +110,7 @@ class Config:
             problems.append(f"compute_dtype={self.compute_dtype!r}; choose 'float32', 'bfloat16' or 'float16'")
         if self.entropy_correction not in ("fixed", "policy", "none"):
             problems.append(f"entropy_correction={self.entropy_correction!r}; choose 'fixed', 'policy' or 'none'")
-        if self.steps_per_chunk % self.envs_per_task:
+        if self.envs_per_task >= 1 and self.steps_per_chunk % self.envs_per_task:
             problems.append(f"steps_per_chunk={self.steps_per_chunk} must be a multiple of "
                             f"envs_per_task={self.envs_per_task}")
         if self.replay_capacity < self.envs_per_task:

@@ -50,7 +50,10 @@ def plot_learning_curves(run_dir: Path, task_names: list[str]) -> list[Path]:
         ax.set_ylabel("episode return")
         ax.set_title(task)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no finished episodes yet", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         path = run_dir / "plots" / f"{task}.png"
         fig.savefig(path, dpi=100)
