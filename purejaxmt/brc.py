@@ -221,7 +221,7 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_dim: int | None
 
     state = TrainState(
         critic_params=critic_params,
-        critic_target_params=critic_params,
+        critic_target_params=jax.tree.map(jnp.copy, critic_params),  # own buffers: chunks donate the state
         actor_params=actor_params,
         log_temperature=log_temperature,
         critic_opt_state=critic_opt.init(critic_params),
