@@ -239,17 +239,8 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_dim: int | None
     )
     if env is None:
         return state
-    env_state, obs = env.reset(env_key, config.envs_per_task)
-    example = _replay_item(_first_transition_shapes(env, obs, action_dim))
-    return state.replace(env_state=env_state, replay=replay.init(example, config.replay_capacity))
-
-
-def _first_transition_shapes(env: Any, obs: jax.Array, action_dim: int) -> dict[str, jax.Array]:
-    """One env's worth of each stored field, `[T, ...]`, for sizing the replay buffer."""
-    num_tasks = obs.shape[0]
-    return dict(obs=obs[:, 0], action=jnp.zeros((num_tasks, action_dim), jnp.float32),
-                reward=jnp.zeros((num_tasks,), jnp.float32), next_obs=obs[:, 0],
-                terminal=jnp.zeros((num_tasks,), bool), truncated=jnp.zeros((num_tasks,), bool))
+    env_state, _ = env.reset(env_key, config.envs_per_task)
+    return state.replace(env_state=env_state, replay=replay.init(replay_example(env), config.replay_capacity))
 
 
 def _replay_item(transition: Any) -> dict[str, jax.Array]:
@@ -258,16 +249,20 @@ def _replay_item(transition: Any) -> dict[str, jax.Array]:
     return {name: get(name) for name in ("obs", "action", "reward", "next_obs", "terminal", "truncated")}
 
 
+def replay_example(env: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """One env's worth of each stored field, `[T, ...]`, in the dtypes the buffer keeps."""
+    num_tasks, obs_dtype = len(env.task_names), jnp.dtype(env.obs_dtype)
+    return dict(obs=jax.ShapeDtypeStruct((num_tasks, *env.obs_shape), obs_dtype),
+                action=jax.ShapeDtypeStruct((num_tasks, env.action_size), jnp.float32),
+                reward=jax.ShapeDtypeStruct((num_tasks,), jnp.float32),
+                next_obs=jax.ShapeDtypeStruct((num_tasks, *env.obs_shape), obs_dtype),
+                terminal=jax.ShapeDtypeStruct((num_tasks,), bool),
+                truncated=jax.ShapeDtypeStruct((num_tasks,), bool))
+
+
 def replay_nbytes(config: Config, env: Any) -> int:
     """Bytes the replay buffer of a run will take (per seed), computed without allocating it."""
-    num_tasks, obs_dtype = len(env.task_names), jnp.dtype(getattr(env, "obs_dtype", jnp.float32))
-    example = dict(obs=jax.ShapeDtypeStruct((num_tasks, *env.obs_shape), obs_dtype),
-                   action=jax.ShapeDtypeStruct((num_tasks, env.action_size), jnp.float32),
-                   reward=jax.ShapeDtypeStruct((num_tasks,), jnp.float32),
-                   next_obs=jax.ShapeDtypeStruct((num_tasks, *env.obs_shape), obs_dtype),
-                   terminal=jax.ShapeDtypeStruct((num_tasks,), bool),
-                   truncated=jax.ShapeDtypeStruct((num_tasks,), bool))
-    return replay.nbytes(example, config.replay_capacity)
+    return replay.nbytes(replay_example(env), config.replay_capacity)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
