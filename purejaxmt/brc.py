@@ -502,7 +502,7 @@ def evaluate(state: TrainState, key: jax.Array) -> dict[str, jax.Array]:
     """Deterministic policy on `eval_episodes` fresh episodes per task (run side by side, one env each); returns the
     per-task mean and std of the undiscounted return `[T]`. The training envs are untouched."""
     config, env = state.config, state.env
-    env_state, _ = env.reset(key, config.eval_episodes)
+    env_state, _ = env.reset(key, config.eval_episodes, reset_pool_size=1)  # eval episodes are never restarted
 
     def step(carry: tuple[Any, jax.Array, jax.Array], _: None) -> tuple[tuple[Any, jax.Array, jax.Array], None]:
         env_state, returns, alive = carry

@@ -173,6 +173,10 @@ def test_auto_reset_and_time_limit(base_run):
     reset_pendulum, final_pendulum = states.obs[FINAL, PENDULUM, 0, :3], transitions.next_obs[FINAL, PENDULUM, 0, :3]
     assert reset_pendulum[2] == 0.0 and final_pendulum[2] != 0.0
     assert not np.allclose(reset_pendulum, initial.obs[PENDULUM, 0, :3])
+    # Playground resets come from the reset pool drawn at `reset` (64 distinct pendulum starts), not the first state.
+    pool_obs = initial.reset_pools[1][1][0]  # family 1 (pendulum), its obs, task row 0: [P, O]
+    assert pool_obs.shape == (64, 67) and len(np.unique(pool_obs[:, :3], axis=0)) == 64
+    assert np.any(np.all(pool_obs == states.obs[FINAL, PENDULUM, 0], axis=-1))
 
     # Episode statistics.
     stats = states.stats
@@ -262,6 +266,10 @@ def test_errors():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="envs_per_task"):
             env.reset(jax.random.PRNGKey(0), bad)
+        with pytest.raises(ValueError, match="reset_pool_size"):
+            env.reset(jax.random.PRNGKey(0), 1, reset_pool_size=bad)
+    with pytest.raises(ValueError, match="reset_pool_size must be a positive int, got 0"):
+        TaskEnv(env.families, reset_pool_size=0)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -336,6 +344,47 @@ def test_toy_nonfinite_reward():
     np.testing.assert_array_equal(transition.next_obs, previous)
     np.testing.assert_array_equal(state.stats.nonfinite_count, [2])
     np.testing.assert_array_equal(state.obs[..., 0], 0)
+
+
+class _RandomStart(Family):
+    """obs = a random start drawn at reset (then frozen); ends every `end` steps; counts its reset traces."""
+
+    def __init__(self, pooled: bool, end: int = 2):
+        self.task_names, self.obs_shape, self.obs_dtype, self.action_size = ("r",), (1,), np.float32, 1
+        self.episode_length, self.pooled_reset, self.end, self.reset_traces = 1000, pooled, end, 0
+
+    def reset(self, keys):
+        self.reset_traces += 1
+        start = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (1,))))(keys)
+        return (start, jnp.zeros(keys.shape[:2], jnp.int32)), start
+
+    def step(self, inner, action, keys):
+        start, count = inner
+        count = count + 1
+        return (start, count), start, jnp.zeros(count.shape), count >= self.end, jnp.zeros(count.shape, bool)
+
+
+def test_reset_pool_restarts_from_pool_entries_and_keeps_resets_out_of_step():
+    pooled, fresh = _RandomStart(pooled=True), _RandomStart(pooled=False)
+    starts = {}
+    for family in (pooled, fresh):
+        env = TaskEnv([family], reset_pool_size=3)
+        state, first = env.reset(jax.random.PRNGKey(0), 8)
+        traces_after_reset = family.reset_traces
+        step = jax.jit(env.step)
+        seen = []
+        for _ in range(20):
+            state, transition = step(state, jnp.zeros((1, 8, 1)))
+            seen.append(np.asarray(state.obs[0, :, 0])[np.asarray(transition.terminal[0])])
+        starts[family.pooled_reset] = np.concatenate(seen)
+        if family.pooled_reset:
+            pool = np.asarray(state.reset_pools[0][1][0, :, 0])
+            assert family.reset_traces == traces_after_reset  # the step program holds no reset
+            assert len(np.unique(pool)) == 3 and not np.isin(first[0, :, 0], pool).any()
+            assert np.isin(starts[True], pool).all() and len(np.unique(starts[True])) == 3  # every entry is used
+        else:
+            assert state.reset_pools == (None,) and family.reset_traces > traces_after_reset
+    assert len(np.unique(starts[False])) == len(starts[False]) == 80  # fresh draws never repeat
 
 
 def test_mixing_discrete_and_continuous_is_an_error():

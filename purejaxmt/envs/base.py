@@ -13,7 +13,12 @@ actions to the largest action size, and owns everything that is the same for eve
 - per-env episode return/length and the stats of the episode that just finished;
 - the non-finite guard: an env whose physics state, observation or reward is not finite gets a terminal transition
   with reward 0 and `next_obs` = its previous observation, is reset, and is counted in `nonfinite_count`;
-- randomness: every draw descends from the key given to `reset`; the state carries its key and splits it per step.
+- randomness: every draw descends from the key given to `reset`; the state carries its key and splits it per step;
+- reset pools: a family whose reset is expensive (`Family.pooled_reset`, e.g. Playground's cheetah reset runs 200
+  physics steps, and every MJX reset runs a forward pass) is reset once per pool entry at `reset` time, `P =
+  reset_pool_size` fresh draws per task; an episode that ends restarts from a uniformly drawn pool entry. The step
+  program then holds no reset physics at all: it compiles faster, and under an outer `vmap` (seeds), where a
+  `lax.cond` becomes a select that runs both branches, it does not pay for a reset at every step.
 
 Everything here is pure and jittable. `TaskEnv.reset`/`step` are wrapped in `jax.jit` (so eager calls compile
 instead of running MJX op by op; inside an outer jit, vmap or scan they inline); `envs_per_task` is a Python int.
@@ -76,6 +81,7 @@ class EnvState:
     obs: jax.Array  # [T, E, *O]: observation to act on next (already reset where an episode ended)
     key: jax.Array  # PRNG key; split at every step
     stats: EpisodeStats
+    reset_pools: tuple  # per family: (inner [n, P, ...], padded obs [n, P, *O]) if `pooled_reset`, else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -95,6 +101,8 @@ class Family(abc.ABC):
       action_size: continuous families: the length of the action vector the family reads; else None.
       num_actions: discrete families: the size of the (shared) action set; else None.
       episode_length: the default time limit in steps (overridable through `TaskEnv(episode_length=...)`).
+      pooled_reset: True if `reset` is expensive: the `TaskEnv` then restarts episodes from a pool of states reset
+        once (see the module docstring); False (default) resets with fresh keys, inside a `lax.cond`.
     """
 
     task_names: tuple[str, ...]
@@ -103,6 +111,7 @@ class Family(abc.ABC):
     action_size: int | None = None
     num_actions: int | None = None
     episode_length: int
+    pooled_reset: bool = False
 
     @property
     def discrete(self) -> bool:
@@ -143,6 +152,8 @@ class TaskEnv:
       families: the families; their tasks are placed in the order given by `task_order` (default: family order).
       task_order: optional permutation of all task names giving the row order.
       episode_length: time limit in steps for every task; None keeps each family's default (1000 for DM Control).
+      reset_pool_size: reset states kept per task for the families with `pooled_reset` (distinct initial states an
+        episode of such a task can start from).
 
     Attributes:
       task_names, num_tasks, obs_shape (padded, per env), obs_dtype, action_size (continuous, else None),
@@ -151,7 +162,7 @@ class TaskEnv:
     """
 
     def __init__(self, families: Sequence[Family], task_order: Sequence[str] | None = None,
-                 episode_length: int | None = None):
+                 episode_length: int | None = None, reset_pool_size: int = 64):
         families = tuple(families)
         if not families:
             raise ValueError("TaskEnv needs at least one family, got none.")
@@ -164,6 +175,10 @@ class TaskEnv:
         if episode_length is not None and (not isinstance(episode_length, (int, np.integer))
                                            or isinstance(episode_length, bool) or episode_length < 1):
             raise ValueError(f"episode_length must be a positive int or None, got {episode_length!r}.")
+        if (not isinstance(reset_pool_size, (int, np.integer)) or isinstance(reset_pool_size, bool)
+                or reset_pool_size < 1):
+            raise ValueError(f"reset_pool_size must be a positive int, got {reset_pool_size!r}.")
+        self.reset_pool_size = int(reset_pool_size)
 
         family_order = tuple(n for f in families for n in f.task_names)
         if len(set(family_order)) != len(family_order):
@@ -209,7 +224,7 @@ class TaskEnv:
         for f, rows in zip(families, self._rows):
             lengths[rows] = f.episode_length if episode_length is None else episode_length
         self.episode_length = tuple(int(x) for x in lengths)
-        self._jit_reset = jax.jit(self._reset, static_argnums=1)
+        self._jit_reset = jax.jit(self._reset, static_argnums=(1, 2))
         self._jit_step = jax.jit(self._step)
 
     def __repr__(self) -> str:
@@ -242,27 +257,39 @@ class TaskEnv:
 
     # -- the interface -------------------------------------------------------------------------------------------
 
-    def reset(self, key: jax.Array, envs_per_task: int) -> tuple[EnvState, jax.Array]:
+    def reset(self, key: jax.Array, envs_per_task: int, reset_pool_size: int | None = None
+              ) -> tuple[EnvState, jax.Array]:
         """Start `envs_per_task` envs of every task. Returns (state, obs `[T, E, *O]`).
 
-        Compiled with `jax.jit` (envs_per_task static), as is `step`: eager MJX would run op by op (an eager
-        humanoid reset takes minutes). Inside an outer jit/vmap/scan both simply inline.
+        `reset_pool_size` overrides the env's pool size for this state (e.g. 1 for evaluation episodes that are
+        never restarted). Compiled with `jax.jit` (both ints static), as is `step`: eager MJX would run op by op (an
+        eager humanoid reset takes minutes). Inside an outer jit/vmap/scan both simply inline.
         """
-        if not isinstance(envs_per_task, (int, np.integer)) or isinstance(envs_per_task, bool) or envs_per_task < 1:
-            raise ValueError(f"envs_per_task must be a positive Python int, got {envs_per_task!r}.")
-        return self._jit_reset(key, int(envs_per_task))
+        for name, value in (("envs_per_task", envs_per_task), ("reset_pool_size", reset_pool_size)):
+            if value is None and name == "reset_pool_size":
+                continue
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
+        pool_size = self.reset_pool_size if reset_pool_size is None else int(reset_pool_size)
+        return self._jit_reset(key, int(envs_per_task), pool_size)
 
     def step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
         """Advance every env one step; auto-reset the envs whose episode ended. Returns (state, transition)."""
         return self._jit_step(state, action)
 
-    def _reset(self, key: jax.Array, envs_per_task: int) -> tuple[EnvState, jax.Array]:
-        key, reset_key = jax.random.split(key)
-        inners, obs_parts = [], []
-        for family, keys in zip(self.families, self._split_keys(reset_key, envs_per_task)):
+    def _reset(self, key: jax.Array, envs_per_task: int, pool_size: int) -> tuple[EnvState, jax.Array]:
+        key, reset_key, pool_key = jax.random.split(key, 3)
+        pool_keys = self._split_keys(pool_key, pool_size)
+        inners, obs_parts, pools = [], [], []
+        for f, (family, keys) in enumerate(zip(self.families, self._split_keys(reset_key, envs_per_task))):
             inner, obs = family.reset(keys)
             inners.append(_strong_types(inner))
             obs_parts.append(self._pad_obs(obs))
+            if family.pooled_reset:
+                pool_inner, pool_obs = family.reset(pool_keys[f])
+                pools.append((_strong_types(pool_inner), self._pad_obs(pool_obs)))
+            else:
+                pools.append(None)
         obs = self._to_task_axis(obs_parts)
         shape = (self.num_tasks, envs_per_task)
         stats = EpisodeStats(
@@ -274,7 +301,7 @@ class TaskEnv:
             nonfinite=jnp.zeros(shape, bool),
             nonfinite_count=jnp.zeros((self.num_tasks,), jnp.int32),
         )
-        return EnvState(family_states=tuple(inners), obs=obs, key=key, stats=stats), obs
+        return EnvState(family_states=tuple(inners), obs=obs, key=key, stats=stats, reset_pools=tuple(pools)), obs
 
     def _step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
         envs_per_task = state.obs.shape[1]
@@ -317,7 +344,7 @@ class TaskEnv:
             truncated = (truncated.astype(bool) | hit_limit) & ~terminal
             done = terminal | truncated
 
-            inner, reset_obs = self._auto_reset(family, done, inner, obs, reset_keys[f])
+            inner, reset_obs = self._auto_reset(family, done, inner, obs, reset_keys[f], state.reset_pools[f])
             inners.append(inner)
             next_obs_parts.append(obs)
             reset_obs_parts.append(reset_obs)
@@ -346,22 +373,33 @@ class TaskEnv:
         transition = Transition(obs=state.obs, action=action, reward=reward, next_obs=next_obs,
                                 terminal=terminal, truncated=truncated)
         new_state = EnvState(family_states=tuple(inners), obs=self._to_task_axis(reset_obs_parts), key=key,
-                             stats=stats)
+                             stats=stats, reset_pools=state.reset_pools)
         return new_state, transition
 
-    def _auto_reset(self, family: Family, done: jax.Array, inner: Any, obs: jax.Array, keys: jax.Array):
-        """Replace the state and observation of the `done` envs of one family by a fresh reset.
+    def _auto_reset(self, family: Family, done: jax.Array, inner: Any, obs: jax.Array, keys: jax.Array,
+                    pool: tuple[Any, jax.Array] | None):
+        """Replace the state and observation of the `done` envs of one family by a fresh reset: a uniformly drawn
+        entry of the family's reset pool if it has one, else `family.reset` with new keys.
 
-        The reset is computed only when some env of the family is done (`lax.cond`); under an outer `vmap` with a
-        batched predicate JAX runs both branches, i.e. the reset every step (correct, just slower; Playground's
-        cheetah reset, for one, runs 200 physics steps).
+        The replacement is computed only when some env of the family is done (`lax.cond`); under an outer `vmap`
+        with a batched predicate JAX runs both branches, i.e. every step, which is why expensive resets are pooled.
         """
+
+        def fresh_from_pool():
+            pool_inner, pool_obs = pool
+            pool_size = pool_obs.shape[1]
+            # One draw per env from its task's pool: keys [n, E] -> indices [n, E].
+            index = jax.vmap(jax.vmap(lambda k: jax.random.randint(k, (), 0, pool_size)))(keys)
+            take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+            return jax.tree.map(take, pool_inner), take(pool_obs)
+
+        def fresh_from_reset():
+            fresh_inner, fresh_obs = family.reset(keys)
+            return _strong_types(fresh_inner), self._pad_obs(fresh_obs)
 
         def do_reset(operand):
             inner, obs = operand
-            fresh_inner, fresh_obs = family.reset(keys)
-            fresh_inner = _strong_types(fresh_inner)
-            fresh_obs = self._pad_obs(fresh_obs)
+            fresh_inner, fresh_obs = fresh_from_pool() if pool is not None else fresh_from_reset()
             inner = jax.tree.map(lambda new, old: jnp.where(_expand(done, old), new, old), fresh_inner, inner)
             obs = jnp.where(_expand(done, obs), fresh_obs, obs)
             return inner, obs

@@ -117,6 +117,7 @@ class PlaygroundFamily(Family):
         self.obs_dtype = np.float32
         self.action_size = int(self.env.action_size)
         self.episode_length = int(self.env._config.episode_length)
+        self.pooled_reset = True  # every MJX reset runs a forward pass; some (cheetah) run hundreds of steps
 
     def reset(self, keys):
         state = _vmap2(self.env.reset)(keys)
@@ -159,6 +160,7 @@ class HumanoidFamily(Family):
         self.obs_dtype = np.float32
         self.action_size = int(self.env.action_size)
         self.episode_length = int(self.env._config.episode_length)
+        self.pooled_reset = True  # the reset runs an MJX forward pass: keep it out of the step program
 
     def reset(self, keys):
         state = _vmap2(self.env.reset)(keys)  # deterministic in Playground 0.2.0; the keys flow in regardless
