@@ -3,16 +3,21 @@
 `tasks` is a task-set name (see `TASK_SETS`) or a comma-separated list of task names (see `list_tasks()`; task-set
 names may appear in the list too). Rows of every `[T, E, ...]` array follow the order of the names. Continuous
 tasks come from MuJoCo Playground's DM Control suite (`purejaxmt.envs.playground`; read its docstring for the
-differences to dm_control before comparing returns with dm_control numbers).
+differences to dm_control before comparing returns with dm_control numbers). Discrete tasks come from Gymnax
+(`purejaxmt.envs.gymnax_tasks`: MinAtar, CartPole-v1 and Gymnax's other discrete-action envs under Gymnax's own
+names; read its docstring for the differences to the original MinAtar). `make` gives the MinAtar games Gymnax's full
+6-action set; `gymnax_tasks.make_minatar(...)` builds them with their minimal action sets and legal-action masks.
 
     env = make("humanoid")                                  # humanoid-stand, -walk, -run: T = 3
     state, obs = env.reset(key, envs_per_task=64)           # obs [3, 64, 67]
     state, transition = env.step(state, action)             # action [3, 64, 21] in [-1, 1]
+    env = make("minatar")                                   # Breakout, Asterix, Freeway, SpaceInvaders: T = 4
+    state, obs = env.reset(key, envs_per_task=64)           # obs uint8[4, 64, 10, 10, 7]; action int[4, 64] < 6
 
 Tasks come from *providers*: modules imported on first use (MJX imports take seconds) that define
-`task_names() -> tuple[str, ...]` and `build(task_names) -> list[Family]`. To plug in another source of tasks (the
-Gymnax/MinAtar module `purejaxmt/envs/gymnax_tasks.py`, discrete), add one `Provider(...)` line to `PROVIDERS`
-below with its task sets. Discrete and continuous tasks cannot be mixed in one `TaskEnv`.
+`task_names() -> tuple[str, ...]` and `build(task_names) -> list[Family]`. To plug in another source of tasks, add
+one `Provider(...)` line to `PROVIDERS` below with its task sets; task names must be unique across providers.
+Discrete and continuous tasks cannot be mixed in one `TaskEnv`.
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ PROVIDERS: tuple[Provider, ...] = (
             "dmc-small": ("cartpole-swingup", "cheetah-run", "walker-walk"),
         },
     ),
-    # Provider(module="purejaxmt.envs.gymnax_tasks", discrete=True, task_sets={"minatar": (...)}),
+    Provider(
+        module="purejaxmt.envs.gymnax_tasks",
+        discrete=True,
+        task_sets={"minatar": ("Breakout-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")},
+    ),
 )
 
 TASK_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
