@@ -282,14 +282,18 @@ class TaskEnv:
         pool_keys = self._split_keys(pool_key, pool_size)
         inners, obs_parts, pools = [], [], []
         for f, (family, keys) in enumerate(zip(self.families, self._split_keys(reset_key, envs_per_task))):
-            inner, obs = family.reset(keys)
-            inners.append(_strong_types(inner))
-            obs_parts.append(self._pad_obs(obs))
             if family.pooled_reset:
-                pool_inner, pool_obs = family.reset(pool_keys[f])
-                pools.append((_strong_types(pool_inner), self._pad_obs(pool_obs)))
+                # One reset call for the envs and their pool (keys of their own): one copy of the reset physics.
+                inner, obs = family.reset(jnp.concatenate([keys, pool_keys[f]], axis=1))
+                inner, obs = _strong_types(inner), self._pad_obs(obs)
+                pools.append(jax.tree.map(lambda x: x[:, envs_per_task:], (inner, obs)))
+                inner, obs = jax.tree.map(lambda x: x[:, :envs_per_task], (inner, obs))
             else:
+                inner, obs = family.reset(keys)
+                inner, obs = _strong_types(inner), self._pad_obs(obs)
                 pools.append(None)
+            inners.append(inner)
+            obs_parts.append(obs)
         obs = self._to_task_axis(obs_parts)
         shape = (self.num_tasks, envs_per_task)
         stats = EpisodeStats(
