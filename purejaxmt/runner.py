@@ -270,9 +270,10 @@ def run(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunCo
     task_names = list(env.task_names)
     num_chunks = math.ceil(agent_config.total_steps / agent_config.steps_per_chunk)
     replay_bytes = check_replay_fits(agent, agent_config, env, run_config.seeds)
-    # Trace init once before touching the disk: config errors that need the env (a batch not divisible by the task
-    # count, discrete tasks for a continuous agent, ...) surface here, and nothing is written.
-    jax.eval_shape(jax.vmap(lambda key: agent.init(key, agent_config, env)), seed_keys(run_config))
+    # Initialise before touching the disk: config errors that need the env (a batch not divisible by the task count,
+    # discrete tasks for a continuous agent, ...) surface here, and nothing is written.
+    print(f"[purejaxmt] initialising {run_config.seeds} seed(s) on {task_names} (compiles the env reset)", flush=True)
+    state = init_states(agent, agent_config, env, run_config)
 
     print(f"[purejaxmt] {experiment}: {len(task_names)} tasks {task_names}, {run_config.seeds} seed(s), "
           f"{num_chunks} chunks of {agent_config.steps_per_chunk} env steps per task, on "
@@ -284,7 +285,6 @@ def run(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunCo
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"[purejaxmt] run dir: {run_dir}")
 
-    state = init_states(agent, agent_config, env, run_config)
     manager = ocp.CheckpointManager(
         (run_dir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False))
