@@ -415,6 +415,19 @@ class TaskEnv:
 # Helpers
 
 
+def vmap_envs(fn):
+    """vmap `fn` over the leading `[n, E]` axes of every argument, flattened into one batch axis: the helper families
+    use to batch a one-env function. One vmap lowers to simpler HLO than two nested ones (the humanoid step compiles
+    about a quarter faster, Gymnax's Freeway step in 8 s instead of 14 s on a 2-core CPU)."""
+
+    def batched(*args):
+        lead = jax.tree.leaves(args)[0].shape[:2]
+        flat = jax.tree.map(lambda x: x.reshape((lead[0] * lead[1],) + x.shape[2:]), args)
+        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), jax.vmap(fn)(*flat))
+
+    return batched
+
+
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
     """bool[n, E] -> broadcastable against `like` [n, E, ...]."""
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
