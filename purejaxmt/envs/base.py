@@ -175,10 +175,7 @@ class TaskEnv:
         if episode_length is not None and (not isinstance(episode_length, (int, np.integer))
                                            or isinstance(episode_length, bool) or episode_length < 1):
             raise ValueError(f"episode_length must be a positive int or None, got {episode_length!r}.")
-        if (not isinstance(reset_pool_size, (int, np.integer)) or isinstance(reset_pool_size, bool)
-                or reset_pool_size < 1):
-            raise ValueError(f"reset_pool_size must be a positive int, got {reset_pool_size!r}.")
-        self.reset_pool_size = int(reset_pool_size)
+        self.reset_pool_size = _positive_int("reset_pool_size", reset_pool_size)
 
         family_order = tuple(n for f in families for n in f.task_names)
         if len(set(family_order)) != len(family_order):
@@ -265,13 +262,10 @@ class TaskEnv:
         never restarted). Compiled with `jax.jit` (both ints static), as is `step`: eager MJX would run op by op (an
         eager humanoid reset takes minutes). Inside an outer jit/vmap/scan both simply inline.
         """
-        for name, value in (("envs_per_task", envs_per_task), ("reset_pool_size", reset_pool_size)):
-            if value is None and name == "reset_pool_size":
-                continue
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive Python int, got {value!r}.")
-        pool_size = self.reset_pool_size if reset_pool_size is None else int(reset_pool_size)
-        return self._jit_reset(key, int(envs_per_task), pool_size)
+        envs_per_task = _positive_int("envs_per_task", envs_per_task)
+        pool_size = self.reset_pool_size if reset_pool_size is None else _positive_int("reset_pool_size",
+                                                                                       reset_pool_size)
+        return self._jit_reset(key, envs_per_task, pool_size)
 
     def step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
         """Advance every env one step; auto-reset the envs whose episode ended. Returns (state, transition)."""
@@ -426,6 +420,13 @@ def vmap_envs(fn):
         return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), jax.vmap(fn)(*flat))
 
     return batched
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """`value` as a Python int (a static shape), or a ValueError naming it."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r} (a Python int: it sets array shapes).")
+    return int(value)
 
 
 def _expand(mask: jax.Array, like: jax.Array) -> jax.Array:
