@@ -4,6 +4,7 @@
     python experiments/minatar_mt.py --preset cpu                            # the 4-game agent on a 2-core CPU
     python experiments/minatar_mt.py --preset cpu --tasks Breakout-MinAtar   # any subset, or a single game
     python experiments/minatar_mt.py --preset cpu --single-task-baselines    # one agent per game, same budget each
+    python experiments/minatar_mt.py --preset cpu --run.minimal-action-set   # each game's own legal actions only
     python experiments/minatar_mt.py --preset paper --seeds 4                # BRC.md's settings, on a GPU/TPU
 
 Games: Breakout, Asterix, Freeway and SpaceInvaders (the task set `minatar`), Gymnax's full 6-action set, observations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing too
 
-from purejaxmt import brc_discrete, envs, plotting, runner  # noqa: E402
+from purejaxmt import brc_discrete, plotting, runner  # noqa: E402
 
 EXPERIMENT, SINGLE_TASK_EXPERIMENT = "minatar_mt", "minatar_st"
 
@@ -79,7 +80,7 @@ FLAGS = (("single_task_baselines", bool, False,
 
 def single_task_baselines(command: runner.Command) -> Path:
     """One run per game of `command.run.tasks`, each into its own subdirectory of one run directory."""
-    games = list(envs.make(command.run.tasks).task_names)
+    games = list(runner.make_env(command.run).task_names)
     agent_config = command.agent
     if len(games) > 1:
         if agent_config.batch_size % len(games):

@@ -49,6 +49,8 @@ class RunConfig:
     """Seed of the first run; run i uses `PRNGKey(seed + i)`, so vmapped seed i equals a single run with that seed."""
     episode_length: int | None = None
     """Override the tasks' episode length (None: the tasks' own, 1000 for DM Control)."""
+    minimal_action_set: bool = False
+    """MinAtar games: Gymnax's minimal action set per game, with a legal-action mask, instead of the full 6 actions."""
     eval_every: int = 10
     """Evaluate every this many chunks (and after the last)."""
     checkpoint_every: int = 10
@@ -72,6 +74,12 @@ class RunConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # Run directories and configs
 # ----------------------------------------------------------------------------------------------------------------------
+def make_env(run_config: RunConfig) -> envs.TaskEnv:
+    """The run's `TaskEnv`. Env options are passed only when set, as each applies to some providers' tasks only."""
+    options = {"minimal_action_set": True} if run_config.minimal_action_set else {}
+    return envs.make(run_config.tasks, episode_length=run_config.episode_length, **options)
+
+
 def _config_record(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunConfig,
                    preset: str | None) -> dict:
     record = {"experiment": experiment, "agent": agent.__name__, "preset": preset,
@@ -266,7 +274,7 @@ def run(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunCo
             raise FileExistsError(f"run dir {run_dir} already exists and is not empty: pass --resume {run_dir} to "
                                   "continue it, or choose a new --run-dir (runs are never overwritten)")
 
-    env = envs.make(run_config.tasks, episode_length=run_config.episode_length)
+    env = make_env(run_config)
     task_names = list(env.task_names)
     num_chunks = math.ceil(agent_config.total_steps / agent_config.steps_per_chunk)
     replay_bytes = check_replay_fits(agent, agent_config, env, run_config.seeds)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxmt import brc_discrete, categorical, nets
+from purejaxmt import brc_discrete, categorical, envs, nets
 
 NUM_TASKS, NUM_ACTIONS, PER_TASK, GRID = 2, 4, 8, (6, 6, 3)
 MASK = np.array([[True, False, True, False],      # action 3 is illegal everywhere, 0 and 1 in one task each
@@ -310,8 +310,7 @@ def test_config_errors_name_the_bad_value():
 
 
 def test_minatar_replay_keeps_compact_observations():
-    from purejaxmt.envs import gymnax_tasks
-    env = gymnax_tasks.make_minatar("Breakout-MinAtar,Asterix-MinAtar")      # minimal action sets: 3 and 5 legal
+    env = envs.make("Breakout-MinAtar,Asterix-MinAtar", minimal_action_set=True)  # 3 and 5 legal actions
     config = dataclasses.replace(CONFIG, replay_capacity=100, batch_size=4)
     state = jax.eval_shape(lambda key: brc_discrete.init(key, config, env), jax.random.PRNGKey(0))
     data = state.replay.data

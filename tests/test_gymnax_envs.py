@@ -107,7 +107,7 @@ def test_minatar_layout_full_and_minimal_action_sets():
     for family in env.families:
         np.testing.assert_array_equal(family.action_set, np.arange(6))
 
-    minimal = gymnax_tasks.make_minatar()
+    minimal = envs.make("minatar", minimal_action_set=True)
     assert minimal.task_names == tuple(CHANNELS) and minimal.obs_shape == (10, 10, 7)
     counts = [len(ids) for ids in MINIMAL.values()]
     assert minimal.num_actions == max(counts) == 5
@@ -116,10 +116,10 @@ def test_minatar_layout_full_and_minimal_action_sets():
     for family in minimal.families:
         np.testing.assert_array_equal(family.action_set, MINIMAL[family.task_names[0]])
 
-    other = gymnax_tasks.make_minatar("Freeway-MinAtar, Seaquest-MinAtar", episode_length=100)
+    other = envs.make("Freeway-MinAtar, Seaquest-MinAtar", episode_length=100, minimal_action_set=True)
     assert other.obs_shape == (10, 10, 10) and other.num_actions == 6 and other.episode_length == (100,) * 2
     np.testing.assert_array_equal(other.action_mask.sum(1), [3, 6])
-    assert gymnax_tasks.make_minatar("minatar", minimal_action_set=False).action_mask.all()
+    assert envs.make("minatar", minimal_action_set=False).action_mask.all()
 
     classic = envs.make("CartPole-v1,Acrobot-v1,MountainCar-v0")
     assert classic.obs_shape == (6,) and classic.obs_dtype == np.float32 and classic.num_actions == 3
@@ -136,12 +136,15 @@ def test_errors():
         envs.make("CartPole-v1,humanoid-stand")
     with pytest.raises(ValueError, match=r"Unknown Gymnax task 'Pendulum-v1'.*discrete.*'CartPole-v1'"):
         gymnax_tasks.build(["Pendulum-v1"])
-    with pytest.raises(ValueError, match=r"Unknown Gymnax task.*'Breakout'.*'Breakout-MinAtar'"):
-        gymnax_tasks.make_minatar("Breakout")
-    with pytest.raises(ValueError, match=r"Unknown Gymnax task.*humanoid"):
-        gymnax_tasks.make_minatar("humanoid")  # a task set of another provider
     with pytest.raises(ValueError, match="Duplicate.*Breakout-MinAtar"):
-        gymnax_tasks.make_minatar("minatar,Breakout-MinAtar")
+        envs.make("minatar,Breakout-MinAtar")
+    # Env options reach only the providers that take them, and must apply to the requested tasks.
+    with pytest.raises(ValueError, match=r"minimal_action_set=True.*\['humanoid-stand'.*gymnax_tasks"):
+        envs.make("humanoid", minimal_action_set=True)
+    with pytest.raises(ValueError, match=r"minimal_action_set=True applies to MinAtar games only.*CartPole-v1"):
+        envs.make("CartPole-v1", minimal_action_set=True)
+    with pytest.raises(ValueError, match=r"Env option frame_skip=4 .*no provider takes it"):
+        envs.make("minatar", frame_skip=4)
 
 
 # -------------------------------------------------------------------------------------------------------------

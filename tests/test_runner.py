@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from purejaxmt import brc, runner
+from purejaxmt import brc, brc_discrete, runner
 
 TASKS = "cartpole-balance"
 AGENT = brc.Config(critic_width=32, critic_depth=1, actor_width=16, num_bins=21, batch_size=16, envs_per_task=2,
@@ -117,7 +117,18 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="batch_size=16 is not divisible by the number of tasks 3"):
         runner.run("test", brc, AGENT, dataclasses.replace(RUN, tasks="cartpole-balance,cartpole-swingup,"
                                                                "pendulum-swingup"), run_dir=tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match=r"minimal_action_set=True does not apply to tasks \['cartpole-balance'\]"):
+        runner.run("test", brc, AGENT, dataclasses.replace(RUN, minimal_action_set=True), run_dir=tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_minimal_action_sets_from_the_command_line():
+    presets = {"tiny": runner.Preset(agent=brc_discrete.Config(width=8), run=runner.RunConfig(tasks="minatar"))}
+    command = runner.parse_command(presets, ["--preset", "tiny", "--run.minimal-action-set"])
+    assert command.run.minimal_action_set
+    np.testing.assert_array_equal(runner.make_env(command.run).action_mask.sum(1), [3, 5, 3, 4])
+    default = runner.parse_command(presets, ["--preset", "tiny"])
+    assert runner.make_env(default.run).action_mask.all()
 
 
 def test_resume_and_run_dir_guards(tmp_path):

@@ -6,17 +6,20 @@ tasks come from MuJoCo Playground's DM Control suite (`purejaxmt.envs.playground
 differences to dm_control before comparing returns with dm_control numbers). Discrete tasks come from Gymnax
 (`purejaxmt.envs.gymnax_tasks`: MinAtar, CartPole-v1 and Gymnax's other discrete-action envs under Gymnax's own
 names; read its docstring for the differences to the original MinAtar). `make` gives the MinAtar games Gymnax's full
-6-action set; `gymnax_tasks.make_minatar(...)` builds them with their minimal action sets and legal-action masks.
+6-action set; `make(..., minimal_action_set=True)` gives them their minimal action sets and legal-action masks.
 
     env = make("humanoid")                                  # humanoid-stand, -walk, -run: T = 3
     state, obs = env.reset(key, envs_per_task=64)           # obs [3, 64, 67]
     state, transition = env.step(state, action)             # action [3, 64, 21] in [-1, 1]
     env = make("minatar")                                   # Breakout, Asterix, Freeway, SpaceInvaders: T = 4
     state, obs = env.reset(key, envs_per_task=64)           # obs uint8[4, 64, 10, 10, 7]; action int[4, 64] < 6
+    env = make("minatar", minimal_action_set=True)          # env.action_mask [4, 6]: 3, 5, 3 and 4 legal actions
 
 Tasks come from *providers*: modules imported on first use (MJX imports take seconds) that define
-`task_names() -> tuple[str, ...]` and `build(task_names) -> list[Family]`. To plug in another source of tasks, add
-one `Provider(...)` line to `PROVIDERS` below with its task sets; task names must be unique across providers.
+`task_names() -> tuple[str, ...]` and `build(task_names, **options) -> list[Family]`. To plug in another source of
+tasks, add one `Provider(...)` line to `PROVIDERS` below with its task sets and the build options it takes; task
+names must be unique across providers. `make` forwards each option to the providers of the requested tasks that
+take it.
 Discrete and continuous tasks cannot be mixed in one `TaskEnv`.
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from types import MappingProxyType, ModuleType
-from typing import Mapping
+from typing import Any, Mapping
 
 from purejaxmt.envs.base import EnvState, EpisodeStats, Family, TaskEnv, Transition
 
@@ -34,13 +37,15 @@ from purejaxmt.envs.base import EnvState, EpisodeStats, Family, TaskEnv, Transit
 class Provider:
     """A source of tasks for `make`.
 
-    `module` must define `task_names() -> tuple[str, ...]` and `build(task_names: tuple[str, ...]) -> list[Family]`
-    (families covering exactly the given names, which all belong to this provider, in request order).
+    `module` must define `task_names() -> tuple[str, ...]` and `build(task_names: tuple[str, ...], **options) ->
+    list[Family]` (families covering exactly the given names, which all belong to this provider, in request order);
+    `options` names the keyword arguments its `build` takes.
     """
 
     module: str
     discrete: bool
     task_sets: Mapping[str, tuple[str, ...]]
+    options: tuple[str, ...] = ()
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -59,6 +64,7 @@ PROVIDERS: tuple[Provider, ...] = (
         module="purejaxmt.envs.gymnax_tasks",
         discrete=True,
         task_sets={"minatar": ("Breakout-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")},
+        options=("minimal_action_set",),
     ),
 )
 
@@ -87,7 +93,7 @@ def list_tasks() -> tuple[str, ...]:
     return tuple(_task_providers())
 
 
-def make(tasks: str, *, episode_length: int | None = None) -> TaskEnv:
+def make(tasks: str, *, episode_length: int | None = None, **options: Any) -> TaskEnv:
     """A `TaskEnv` for comma-separated task names (`list_tasks()`) and/or task-set names (`TASK_SETS`).
 
     Rows follow the order of the names (task sets expanded in place). Unknown, empty and duplicate names raise
@@ -96,6 +102,8 @@ def make(tasks: str, *, episode_length: int | None = None) -> TaskEnv:
     Args:
       tasks: e.g. `"humanoid"`, `"dmc-small"`, `"cartpole-swingup,cheetah-run"`, `"humanoid,pendulum-swingup"`.
       episode_length: time limit in steps for every task; None keeps the tasks' default (1000 for DM Control).
+      **options: build options of the tasks' providers, each forwarded to the requested tasks' providers that take
+        it (`ValueError` if none does), e.g. `minimal_action_set=True` for MinAtar games (`gymnax_tasks.build`).
     """
     if not isinstance(tasks, str):
         raise ValueError(f"tasks must be a string (a task-set name or comma-separated task names), got {tasks!r}.")
@@ -119,9 +127,16 @@ def make(tasks: str, *, episode_length: int | None = None) -> TaskEnv:
         continuous = [n for n in names if not owner[n].discrete]
         raise ValueError(f"Cannot mix discrete tasks {discrete} and continuous tasks {continuous} in one TaskEnv.")
 
+    providers = tuple(dict.fromkeys(owner[name] for name in names))  # in order of first appearance
+    for option in options:
+        if not any(option in provider.options for provider in providers):
+            takers = {p.module: p.options for p in PROVIDERS if option in p.options}
+            raise ValueError(f"Env option {option}={options[option]!r} does not apply to tasks {list(names)}: "
+                             f"{'only ' + str(sorted(takers)) + ' take it' if takers else 'no provider takes it'}.")
     families: list[Family] = []
-    for provider in dict.fromkeys(owner[name] for name in names):  # providers in order of first appearance
-        families.extend(provider.load().build(tuple(n for n in names if owner[n] is provider)))
+    for provider in providers:
+        provider_options = {option: value for option, value in options.items() if option in provider.options}
+        families.extend(provider.load().build(tuple(n for n in names if owner[n] is provider), **provider_options))
     return TaskEnv(families, task_order=names, episode_length=episode_length)
 
 

@@ -9,7 +9,7 @@ when a family is built (importing it takes seconds: it pulls in matplotlib and s
 
     env = purejaxmt.envs.make("minatar")            # the four MinAtar games of the paper, full action set: T = 4
     state, obs = env.reset(key, envs_per_task=32)   # obs uint8[4, 32, 10, 10, 7] (channels zero-padded)
-    env = make_minatar("minatar")                   # the same games with their minimal action sets (see below)
+    env = purejaxmt.envs.make("minatar", minimal_action_set=True)  # the same games, minimal action sets (below)
 
 One `GymnaxFamily` per env (each game vmapped on its own over `[1, E]`); the `TaskEnv` concatenates them on the
 task axis and zero-pads observations (MinAtar: `[10, 10, C]` with C = 4, 4, 7, 6, 10 for Breakout, Asterix, Freeway,
@@ -19,7 +19,7 @@ SpaceInvaders, Seaquest) to the largest game's channel count. Observations of di
 Action sets:
 - Default: Gymnax's FULL MinAtar action set (`use_minimal_action_set=False`): 6 actions for every game, ids
   `n, l, u, r, d, f` in that order, all legal. Non-MinAtar envs: `num_actions` = their action space size.
-- Minimal (`build(names, minimal_action_set=True)`, or `make_minatar(...)` for a whole `TaskEnv`): game i's legal
+- Minimal (`envs.make(tasks, minimal_action_set=True)`, which forwards it to `build`): game i's legal
   actions are the first `n_i` ids of the shared index space, and `TaskEnv.action_mask` marks them; action j of a
   game is Gymnax's `minimal_action_set[j]` in full-set ids: Breakout [0, 1, 3] (n, l, r), Asterix [0, 1, 2, 3, 4],
   Freeway [0, 2, 4] (n, u, d), SpaceInvaders [0, 1, 3, 5] (n, l, r, f), Seaquest all 6 (`GymnaxFamily.action_set`).
@@ -97,37 +97,12 @@ def build(tasks: Sequence[str], minimal_action_set: bool = False) -> list[Family
     Args:
       tasks: Gymnax task names (`task_names()`).
       minimal_action_set: MinAtar games get Gymnax's minimal action set (legal actions `0..n_i-1`, see the module
-        docstring) instead of the full 6-action set. Other envs are unaffected.
+        docstring) instead of the full 6-action set. Other envs are unaffected, but at least one task must be a
+        MinAtar game (`ValueError` otherwise: the option would do nothing).
     """
+    if minimal_action_set and not any(is_minatar(task) for task in tasks):
+        raise ValueError(f"minimal_action_set=True applies to MinAtar games only, and none of {list(tasks)} is one.")
     return [GymnaxFamily(task, minimal_action_set=minimal_action_set) for task in tasks]
-
-
-def make_minatar(tasks: str | Sequence[str] = "minatar", *, minimal_action_set: bool = True,
-                 episode_length: int | None = None) -> TaskEnv:
-    """A `TaskEnv` of Gymnax tasks, by default the MinAtar games with their minimal action sets.
-
-    `purejaxmt.envs.make` always builds the full action set; this is the way to the minimal ones.
-
-    Args:
-      tasks: a task-set name of this provider (`"minatar"`), Gymnax task names (`task_names()`), or a comma-separated
-        string of either; rows follow the order given.
-      minimal_action_set: see `build`.
-      episode_length: time limit in steps for every task; None keeps Gymnax's `max_steps_in_episode` per task.
-    """
-    from purejaxmt.envs import TASK_SETS  # here, not at the top: `purejaxmt.envs` imports this module lazily
-
-    sets = {name: names for name, names in TASK_SETS.items() if all(n in DISCRETE_TASKS for n in names)}
-    items = tuple(item.strip() for item in tasks.split(",")) if isinstance(tasks, str) else tuple(tasks)
-    unknown = [item for item in items if item not in sets and item not in DISCRETE_TASKS]
-    if not items or unknown:
-        raise ValueError(f"Unknown Gymnax task name(s) {unknown or list(items)} in {tasks!r}. Valid task sets: "
-                         f"{sorted(sets)}; tasks: {sorted(DISCRETE_TASKS)}.")
-    names = tuple(name for item in items for name in sets.get(item, (item,)))
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"Duplicate task name(s) {duplicates} in {tasks!r} (task sets expanded: {list(names)}).")
-    return TaskEnv(build(names, minimal_action_set=minimal_action_set), task_order=names,
-                   episode_length=episode_length)
 
 
 class GymnaxFamily(Family):
