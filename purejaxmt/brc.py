@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from purejaxmt import categorical, nets, normalize, replay
+from purejaxmt import categorical, chunk_metrics, nets, normalize, replay
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -429,7 +429,7 @@ def _zero_update_metrics(state: TrainState) -> Metrics:
 def train_chunk(state: TrainState) -> tuple[TrainState, Metrics]:
     """`config.iterations_per_chunk` iterations of: act in all `[T, E]` envs (uniform random during the first
     `random_steps`), step them, store the transitions, update the normaliser, then `updates_per_step` updates once
-    the random phase is over. Metrics are reduced inside the chunk: per-task sums and counts, means of the update
+    the random phase is over. Metrics are reduced inside the chunk (`chunk_metrics`): per-task sums and counts, means of the update
     metrics over the iterations that updated, last values of the rest."""
     config, env = state.config, state.env
     if env is None:
@@ -453,43 +453,16 @@ def train_chunk(state: TrainState) -> tuple[TrainState, Metrics]:
         learning = ~exploring
         state, update_info = jax.lax.cond(learning, _update_many, lambda s: (s, _zero_update_metrics(s)), state)
 
-        stats = env_state.stats
-        finished = stats.finished.astype(jnp.float32)                                            # [T, E]
-        totals = {
-            "episodes": totals["episodes"] + finished.sum(axis=1),
-            "return_sum": totals["return_sum"] + (stats.finished_return * finished).sum(axis=1),
-            "length_sum": totals["length_sum"] + (stats.finished_length * finished).sum(axis=1),
-            "reward_sum": totals["reward_sum"] + transition.reward.sum(axis=1),
-            "nonfinite": totals["nonfinite"] + stats.nonfinite.sum(axis=1).astype(jnp.int32),
-            "updates": totals["updates"] + learning.astype(jnp.int32),
-            "update_sums": jax.tree.map(lambda t, x: t + jnp.where(learning, x, 0.0), totals["update_sums"],
-                                        update_info),
-        }
+        totals = chunk_metrics.accumulate(totals, env_state.stats, transition.reward, learning, update_info)
         return (state, totals), None
 
-    num_tasks = state.num_tasks
-    zeros_t = jnp.zeros((num_tasks,), jnp.float32)
-    totals = {"episodes": zeros_t, "return_sum": zeros_t, "length_sum": zeros_t, "reward_sum": zeros_t,
-              "nonfinite": jnp.zeros((num_tasks,), jnp.int32), "updates": jnp.zeros((), jnp.int32),
-              "update_sums": _zero_update_metrics(state)}
+    totals = chunk_metrics.init_totals(state.num_tasks, _zero_update_metrics(state))
     (state, totals), _ = jax.lax.scan(iteration, (state, totals), None, length=config.iterations_per_chunk)
-
-    episodes = totals["episodes"]
-    has_episode = episodes > 0
-    updates = jnp.maximum(totals["updates"], 1)
     metrics = {
-        # Per task [T]: mean return and length of the episodes that finished in this chunk (NaN where none did).
-        "episode_return": jnp.where(has_episode, totals["return_sum"] / jnp.maximum(episodes, 1), jnp.nan),
-        "episode_length": jnp.where(has_episode, totals["length_sum"] / jnp.maximum(episodes, 1), jnp.nan),
-        "episodes": episodes,
-        "reward_mean": totals["reward_sum"] / (config.iterations_per_chunk * config.envs_per_task),
-        "reward_scale": reward_scale(state),
-        "nonfinite_resets": totals["nonfinite"],
-        # Scalars.
+        **chunk_metrics.finalize(totals, env_steps_per_task=config.iterations_per_chunk * config.envs_per_task),
+        "reward_scale": reward_scale(state),                                                     # [T]
         "env_steps": state.env_steps,
         "num_updates": state.num_updates,
-        **{name: jnp.where(totals["updates"] > 0, value / updates, jnp.nan)
-           for name, value in totals["update_sums"].items()},
         "temperature": jnp.exp(state.log_temperature),
     }
     return state, metrics
