@@ -55,13 +55,14 @@ PRESETS = {
         # depth-1 trunk and 51 atoms make an update on a 128-transition batch 12-20 ms, and the 4 games' envs cost
         # 0.25 ms per iteration (65k env steps/s at 4 envs per game), so the update is the whole cost: one update per
         # iteration of 4 envs per game runs at 20-29 ms per iteration, 550-800 env steps/s over the 4 games.
-        # 200k env steps per game (50k iterations) take 17-25 minutes of training, plus ~2 minutes of compile.
+        # 100k env steps per game took 21 min 26 s of training with 3 seeds vmapped (docs/results.md), plus 65 s of
+        # compile: enough for Breakout and SpaceInvaders to learn, not Asterix and Freeway (the gpu preset's 2M do).
         agent=brc_discrete.Config(width=256, depth=1, conv_channels=(16,), conv_kernel_sizes=(3,), conv_strides=(1,),
                                   num_bins=51, batch_size=128, envs_per_task=4, updates_per_step=1,
                                   replay_capacity=100_000, random_steps=5_000, epsilon_decay_steps=50_000,
-                                  total_steps=200_000, steps_per_chunk=10_000, eval_episodes=4),
+                                  total_steps=100_000, steps_per_chunk=10_000, eval_episodes=4),
         run=runner.RunConfig(tasks="minatar", eval_every=5, checkpoint_every=5, xla_optimization_level=1),
-        description="small network, 200k env steps per game: about 20-30 minutes on a 2-core CPU"),
+        description="small network, 100k env steps per game: about 20 minutes on a 2-core CPU"),
     "smoke": runner.Preset(
         agent=brc_discrete.Config(width=32, depth=1, embed_dim=8, conv_channels=(8,), conv_kernel_sizes=(3,),
                                   conv_strides=(1,), num_bins=21, batch_size=16, envs_per_task=2, updates_per_step=1,
