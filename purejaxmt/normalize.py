@@ -2,8 +2,17 @@
 
 Each env accumulates the discounted Monte-Carlo return of its current episode. When the episode ends, its return
 (plus the bootstrapped tail `gamma^n * mean(r) / (1 - gamma)` if a time limit cut it) updates its task's
-`max_abs_return` G_i, and rewards are scaled by `v_max / (G_i + entropy_correction)`. Before a task has finished an
-episode G_i is undefined and its rewards stay raw (scale 1.0).
+`max_abs_return`, and rewards are scaled by `v_max / (G_i + entropy_correction)` with
+`G_i = max(max_abs_return, max_abs_reward)`. Before a task has finished an episode G_i is undefined and its rewards
+stay raw (scale 1.0).
+
+Why the floor `max_abs_reward` (the largest |r| of any step so far): the return from an episode's *start* bounds |Q|
+only when rewards come early. With a sparse reward that random play finds late in a long episode (MinAtar Freeway:
+one crossing in ~5 episodes of 2500 steps), that return is `gamma^t` for a large t (~1e-4), the scale is ~1e5, and
+every rewarded transition lands far beyond the categorical support, so Freeway never learned in a 4-game run. The
+return-to-go from the rewarded state itself is at least |r|, so the floor is still a lower bound on the range of Q,
+and a single scaled reward never exceeds `v_max`. With dense rewards (humanoid: many steps of rewards in [0, 1]) the
+discounted episode return is far above any one reward and the floor never binds.
 
 All arrays are float32 except the step count (int32) and `has_return` (bool); all functions are pure and jittable.
 """
@@ -24,7 +33,8 @@ class NormalizerState:
     discount: jax.Array  # f32[T, E]: gamma^n, n = steps taken in the current episode
     reward_sum: jax.Array  # f32[T, E]: undiscounted sum of the episode's rewards
     step_count: jax.Array  # i32[T, E]: n
-    max_abs_return: jax.Array  # f32[T]: G_i, the largest |discounted return| of a finished episode
+    max_abs_return: jax.Array  # f32[T]: the largest |discounted return| of a finished episode
+    max_abs_reward: jax.Array  # f32[T]: the largest |reward| of any step so far (the floor of G_i)
     has_return: jax.Array  # bool[T]: task i has finished at least one episode
 
 
@@ -37,6 +47,7 @@ def init(num_tasks: int, envs_per_task: int) -> NormalizerState:
         reward_sum=jnp.zeros(env_shape, jnp.float32),
         step_count=jnp.zeros(env_shape, jnp.int32),
         max_abs_return=jnp.zeros((num_tasks,), jnp.float32),
+        max_abs_reward=jnp.zeros((num_tasks,), jnp.float32),
         has_return=jnp.zeros((num_tasks,), jnp.bool_),
     )
 
@@ -77,6 +88,7 @@ def update(
         reward_sum=jnp.where(ended, 0.0, reward_sum),
         step_count=jnp.where(ended, 0, step_count),
         max_abs_return=jnp.maximum(state.max_abs_return, largest_ended),
+        max_abs_reward=jnp.maximum(state.max_abs_reward, jnp.max(jnp.abs(reward), axis=1)),
         has_return=state.has_return | jnp.any(ended, axis=1),
     )
 
@@ -84,7 +96,8 @@ def update(
 def scale(
     state: NormalizerState, v_max: float | jax.Array, entropy_correction: float | jax.Array
 ) -> jax.Array:
-    """Per-task reward scale `[T]`: `v_max / (G_i + entropy_correction)` where task i has a finished episode, else 1.0.
+    """Per-task reward scale `[T]`: `v_max / (G_i + entropy_correction)` where task i has a finished episode, else 1.0;
+    `G_i = max(max_abs_return, max_abs_reward)`.
 
     `entropy_correction` is a scalar or `[T]` (BRC: `alpha * H / (1 - gamma)`). A task whose denominator is not
     positive (every finished episode returned exactly 0 and no correction) also keeps 1.0 rather than an infinite
@@ -94,10 +107,15 @@ def scale(
     chex.assert_rank(entropy_correction, {0, 1})
     if entropy_correction.ndim == 1:
         chex.assert_equal_shape((entropy_correction, state.max_abs_return))
-    denominator = state.max_abs_return + entropy_correction  # [T]
+    denominator = return_range(state) + entropy_correction  # [T]
     defined = state.has_return & (denominator > 0)
     safe_denominator = jnp.where(defined, denominator, 1.0)
     return jnp.where(defined, jnp.asarray(v_max, jnp.float32) / safe_denominator, jnp.float32(1.0))
+
+
+def return_range(state: NormalizerState) -> jax.Array:
+    """G_i `[T]`: the largest |discounted episode return|, floored by the largest |reward| (see the module doc)."""
+    return jnp.maximum(state.max_abs_return, state.max_abs_reward)
 
 
 def normalize_reward(reward: jax.Array, scale: jax.Array) -> jax.Array:

@@ -24,9 +24,10 @@ def _run(rewards, terminal, truncated, gamma=GAMMA) -> normalize.NormalizerState
 
 
 def _reference(rewards, terminal, truncated, gamma=GAMMA):
-    """Float64 loop over episodes kept as reward lists: (max |G| [T], has_return [T], open episodes [T][E])."""
+    """Float64 loop over episodes kept as reward lists: (G [T], has_return [T], open episodes [T][E]), where G is the
+    largest |discounted episode return| floored by the largest |reward| seen."""
     num_steps, num_tasks, envs_per_task = rewards.shape
-    max_abs = np.zeros(num_tasks)
+    max_abs = np.abs(rewards.astype(np.float64)).max(axis=(0, 2))
     has_return = np.zeros(num_tasks, bool)
     episodes = [[[] for _ in range(envs_per_task)] for _ in range(num_tasks)]
     for s in range(num_steps):
@@ -136,7 +137,7 @@ def test_scripted_tasks_match_a_float64_reference():
     state = _run(rewards, terminal, truncated)
     max_abs, has_return, episodes = _reference(rewards, terminal, truncated)
 
-    np.testing.assert_allclose(state.max_abs_return, max_abs, rtol=1e-5)
+    np.testing.assert_allclose(normalize.return_range(state)[:2], max_abs[:2], rtol=1e-5)
     np.testing.assert_array_equal(state.has_return, has_return)
     np.testing.assert_array_equal(state.has_return, [True, True, False])
     assert float(state.max_abs_return[2]) == 0.0
@@ -168,6 +169,31 @@ def test_max_abs_return_never_decreases():
     np.testing.assert_allclose(state.max_abs_return, [5.0 + GAMMA * 4.0], rtol=1e-6)
 
 
+def test_a_late_sparse_reward_is_floored_by_its_own_size():
+    """Freeway under random play: one reward of 1 late in a long episode. Its discounted episode return is gamma^t,
+    tiny; without the floor the scale would be v_max / gamma^t and the scaled reward far outside the support."""
+    gamma, length = 0.99, 2500
+    rewards = np.zeros(length, np.float32)
+    rewards[1800] = 1.0
+    state = _run(*_single_episode(rewards, terminal=False, truncated=True), gamma=gamma)
+    np.testing.assert_allclose(state.max_abs_return, [gamma**1800 + gamma**length / length / (1 - gamma)], rtol=1e-3)
+    assert float(state.max_abs_return[0]) < 1e-6
+    np.testing.assert_allclose(normalize.return_range(state), [1.0])
+    np.testing.assert_allclose(normalize.scale(state, V_MAX, 0.0), [V_MAX], rtol=1e-6)
+
+
+def test_the_reward_floor_counts_unfinished_episodes_and_negative_rewards():
+    rewards = np.zeros((5, 1, 2), np.float32)
+    rewards[:, 0, 0] = [0.1, 0.1, 0.0, 0.0, 0.1]
+    rewards[3, 0, 1] = -4.0  # in an episode that has not ended
+    terminal = np.zeros_like(rewards, bool)
+    terminal[4, 0, 0] = True
+    state = _run(rewards, terminal, np.zeros_like(terminal))
+    np.testing.assert_allclose(state.max_abs_return, [0.1 + GAMMA * 0.1 + GAMMA**4 * 0.1], rtol=1e-5)
+    np.testing.assert_allclose(state.max_abs_reward, [4.0])
+    np.testing.assert_allclose(normalize.scale(state, V_MAX, 1.0), [V_MAX / 5.0], rtol=1e-6)
+
+
 def test_a_zero_return_range_keeps_the_raw_scale():
     rewards = np.zeros((3, 1, 1), np.float32)
     state = _run(*_single_episode(rewards.ravel(), terminal=True, truncated=False))
@@ -190,6 +216,6 @@ def test_normalize_reward_broadcasts_the_task_scale():
 
 def test_state_is_float32():
     state = _run(*_single_episode([1.0, 2.0], terminal=False, truncated=True))
-    for name in ("discounted_return", "discount", "reward_sum", "max_abs_return"):
+    for name in ("discounted_return", "discount", "reward_sum", "max_abs_return", "max_abs_reward"):
         assert getattr(state, name).dtype == jnp.float32, name
     assert state.step_count.dtype == jnp.int32 and state.has_return.dtype == jnp.bool_
