@@ -71,6 +71,10 @@ class Config:
     weight_decay: float = 1e-4
     """AdamW weight decay (optax's default, as in continuous BRC)."""
     gamma: float = 0.99
+    n_step: int = 1
+    """Steps of the bootstrapped return: 1 is BRC's one-step target; n > 1 sums n discounted rewards (fewer where an
+    episode ends sooner) before bootstrapping with gamma^n, propagating sparse rewards n times faster (Rainbow's
+    n-step). Needs `replay_capacity` to be a multiple of `envs_per_task`."""
     tau: float = 0.005
     """Target update step: `target <- tau * online + (1 - tau) * target`; tau = 1 is a hard copy."""
     target_update_period: int = 1
@@ -102,7 +106,7 @@ class Config:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("width", "num_bins", "vector_encoder_width", "target_update_period", "updates_per_step",
+        for name in ("width", "num_bins", "vector_encoder_width", "n_step", "target_update_period", "updates_per_step",
                      "batch_size", "epsilon_decay_steps", "replay_capacity", "envs_per_task", "total_steps",
                      "steps_per_chunk", "eval_episodes"):
             if getattr(self, name) < 1:
@@ -136,6 +140,11 @@ class Config:
         if self.replay_capacity < self.envs_per_task:
             problems.append(f"replay_capacity={self.replay_capacity} is smaller than envs_per_task="
                             f"{self.envs_per_task}")
+        if self.n_step > 1 and self.envs_per_task >= 1 and (self.replay_capacity % self.envs_per_task or
+                                                             self.replay_capacity <= self.n_step * self.envs_per_task):
+            problems.append(f"n_step={self.n_step} needs replay_capacity={self.replay_capacity} to be a multiple of "
+                            f"envs_per_task={self.envs_per_task} (so each env's steps stay in order across the ring's "
+                            f"wrap) and larger than n_step * envs_per_task")
         if problems:
             raise ValueError("Invalid discrete BRC config: " + "; ".join(problems))
         # Tuples, also when given as lists (a config read back from JSON): the config must stay hashable (static).
@@ -299,7 +308,8 @@ def double_q_target(online_next_logits: jax.Array, target_next_logits: jax.Array
     The online network picks a' = argmax over legal actions of its expected value at s' (`online_next_logits`
     `[B, A, K]`, `action_mask` bool `[B, A]`); the target network's distribution for a' (`target_next_logits`) is
     shifted to `z' = r * scale + gamma * (1 - terminal) * z` and projected onto the support. `reward`, `terminal`,
-    `reward_scale`: `[B]`. Truncated transitions are not terminal: they bootstrap.
+    `reward_scale`: `[B]`; `gamma` a scalar or `[B]` (`gamma^m` for an m-step return, `reward` its discounted sum).
+    Truncated transitions are not terminal: they bootstrap.
     """
     next_action = greedy_action(q_values(online_next_logits, support), action_mask)                    # [B]
     target_probs = jax.nn.softmax(target_next_logits, axis=-1)                                         # [B, A, K]
@@ -317,6 +327,7 @@ def q_loss(params: Params, state: TrainState, batch: dict[str, jax.Array], rewar
     network = _network(config, state.num_actions, state.num_tasks)
     support = categorical.make_support(config.num_bins, config.v_min, config.v_max)
     task_id = batch["task_id"]
+    discount = batch.get("discount", config.gamma)  # gamma^m of an m-step return; gamma for one-step transitions
     batch_size = task_id.shape[0]
 
     # Target: the online network picks a' at s', the target network scores it. Neither pass carries a gradient (a
@@ -325,7 +336,7 @@ def q_loss(params: Params, state: TrainState, batch: dict[str, jax.Array], rewar
     target_next_logits = network.apply(state.target_params, batch["next_obs"], task_id)             # [B, A, K]
     target_probs = jax.lax.stop_gradient(double_q_target(
         online_next_logits, target_next_logits, batch["reward"], batch["terminal"], reward_scale[task_id],
-        state.action_mask[task_id], support, config.gamma))                                            # [B, K]
+        state.action_mask[task_id], support, discount))                                                # [B, K]
 
     logits = network.apply(params, batch["obs"], task_id)                                              # [B, A, K]
 
@@ -353,9 +364,36 @@ def flatten_batch(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return flat
 
 
+def n_step_transitions(windows: dict[str, jax.Array], gamma: float) -> dict[str, jax.Array]:
+    """Folds windows of n consecutive transitions of one env (leaves `[T, b, n, ...]`, from `replay.sample_windows`)
+    into n-step transitions `[T, b, ...]`.
+
+    A window is summed up to and including its first step that ends an episode (terminal or truncated), or over all
+    n steps: m steps in all. The result keeps the first step's `obs` and `action`, the discounted raw reward sum
+    `sum_{k<m} gamma^k r_k`, the m-th step's `next_obs`, `terminal` and `truncated`, and `discount = gamma^m`, the
+    factor of the bootstrap (multiplied by `1 - terminal` in the target)."""
+    reward = windows["reward"]
+    chex.assert_rank(reward, 3)
+    num_tasks, per_task, n = reward.shape
+    ended = windows["terminal"] | windows["truncated"]                                                 # [T, b, n]
+    ended_before = (jnp.cumsum(ended, axis=-1) - ended) > 0       # an earlier step of the window ended the episode
+    counted = ~ended_before
+    num_counted = counted.sum(axis=-1)                                                                 # [T, b], >= 1
+    powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n, dtype=jnp.float32)
+    tasks, rows = jnp.arange(num_tasks)[:, None], jnp.arange(per_task)[None, :]
+    last = num_counted - 1
+
+    return {"obs": windows["obs"][:, :, 0], "action": windows["action"][:, :, 0],
+            "reward": jnp.sum(jnp.where(counted, reward * powers, 0.0), axis=-1),
+            "next_obs": windows["next_obs"][tasks, rows, last],
+            "terminal": windows["terminal"][tasks, rows, last], "truncated": windows["truncated"][tasks, rows, last],
+            "discount": jnp.asarray(gamma, jnp.float32) ** num_counted.astype(jnp.float32)}
+
+
 def update(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
     """One update on a task-balanced batch (leaves `[T, B / T, ...]`, raw rewards): an AdamW step of the Q-network,
-    then the target network moves by `tau` towards it every `target_update_period` updates."""
+    then the target network moves by `tau` towards it every `target_update_period` updates. An optional `discount`
+    field `[T, B / T]` is each transition's bootstrap factor (`n_step_transitions`); without it, `gamma`."""
     chex.assert_rank(batch["reward"], 2)
     chex.assert_equal(batch["reward"].shape[0], state.num_tasks)
     config = state.config
@@ -408,12 +446,15 @@ def act(state: TrainState, obs: jax.Array, key: jax.Array, epsilon: float | jax.
 
 
 def _update_many(state: TrainState) -> tuple[TrainState, Metrics]:
-    """`updates_per_step` updates, each on a fresh task-balanced batch; returns the mean of their metrics."""
+    """`updates_per_step` updates, each on a fresh task-balanced batch of `n_step` transitions; returns the mean of
+    their metrics."""
+    config = state.config
 
     def one_update(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
         key, sample_key = jax.random.split(state.key)
-        batch = replay.sample(state.replay, sample_key, state.config.batch_size)
-        return update(state.replace(key=key), batch)
+        windows = replay.sample_windows(state.replay, sample_key, config.batch_size, length=config.n_step,
+                                        stride=config.envs_per_task)
+        return update(state.replace(key=key), n_step_transitions(windows, config.gamma))
 
     state, infos = jax.lax.scan(one_update, state, None, length=state.config.updates_per_step)
     return state, jax.tree.map(lambda x: x.mean(axis=0), infos)

@@ -107,6 +107,44 @@ def sample(state: ReplayState, key: jax.Array, batch_size: int) -> PyTree:
     return jax.tree.map(lambda stored: stored[tasks, indices], state.data)
 
 
+def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: int, stride: int) -> PyTree:
+    """Draw `batch_size // T` windows per task of `length` consecutive items of one env: leaves
+    `[T, batch_size // T, length, ...]`, oldest first (for n-step returns).
+
+    `stride` is the number of items each `add` writes per task (E, the envs per task): one env's consecutive items
+    lie `stride` slots apart, and stay so across the wrap when the capacity is a multiple of `stride`. A window's
+    start is uniform over the windows that lie wholly in written slots without crossing the write pointer (the
+    newest `(length - 1) * stride` items start none). Episode ends inside a window are left to the caller. With
+    `length=1` this draws from the same distribution as `sample`. Sample only once every task has at least `length`
+    items per env.
+    """
+    num_tasks, capacity = _dims(state)
+    if batch_size % num_tasks != 0:
+        raise ValueError(
+            f"sample_windows: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch "
+            f"is task-balanced, so use a multiple of {num_tasks}."
+        )
+    if length < 1 or stride < 1:
+        raise ValueError(f"sample_windows: length={length} and stride={stride} must both be >= 1")
+    span = (length - 1) * stride  # slots from a window's first item to its last
+    if length > 1 and (capacity % stride or span >= capacity):
+        raise ValueError(
+            f"sample_windows: a replay capacity of {capacity} per task cannot hold windows of {length} items "
+            f"{stride} slots apart: the capacity must be a multiple of the stride ({stride}, the envs per task) so "
+            f"that one env's items stay {stride} apart across the wrap, and larger than {span}"
+        )
+    per_task = batch_size // num_tasks
+    u = jax.random.uniform(key, (num_tasks, per_task))
+    # Ages count back from the newest item (age 0); a window starting at age a ends at age a - span >= 0.
+    num_starts = jnp.maximum(state.size - span, 1)[:, None]  # [T, 1]
+    start_age = span + jnp.clip(jnp.floor(u * num_starts).astype(jnp.int32), 0, num_starts - 1)  # [T, B/T]
+    first_slot = (state.pointer[:, None] - 1 - start_age) % capacity
+    slots = (first_slot[..., None] + stride * jnp.arange(length, dtype=jnp.int32)) % capacity  # [T, B/T, length]
+    chex.assert_shape(slots, (num_tasks, per_task, length))
+    tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None, None]
+    return jax.tree.map(lambda stored: stored[tasks, slots], state.data)
+
+
 def nbytes(example: PyTree, capacity: int) -> int:
     """The bytes `init(example, capacity)` allocates: storage plus the pointer and size counters."""
     num_tasks = _num_tasks_of_example(example)

@@ -283,6 +283,64 @@ def test_periodic_hard_target_copy(batch):
             initial_target = state.target_params
 
 
+# ---------------------------------------------------------------------------------------------- n-step returns
+
+
+def numpy_n_step(windows: dict, gamma: float) -> dict:
+    """Float64 loop: sum rewards until (and including) the first step that ends an episode, bootstrap from there."""
+    reward = np.asarray(windows["reward"], np.float64)
+    num_tasks, per_task, n = reward.shape
+    out = {name: [] for name in ("obs", "action", "reward", "next_obs", "terminal", "truncated", "discount")}
+    for t in range(num_tasks):
+        for b in range(per_task):
+            total, k = 0.0, 0
+            while True:
+                total += gamma**k * reward[t, b, k]
+                if windows["terminal"][t, b, k] or windows["truncated"][t, b, k] or k == n - 1:
+                    break
+                k += 1
+            out["obs"].append(windows["obs"][t, b, 0])
+            out["action"].append(windows["action"][t, b, 0])
+            out["reward"].append(total)
+            out["discount"].append(gamma ** (k + 1))
+            for name in ("next_obs", "terminal", "truncated"):
+                out[name].append(windows[name][t, b, k])
+    return {name: np.array(values).reshape(num_tasks, per_task, *np.shape(values[0]))
+            for name, values in out.items()}
+
+
+def test_n_step_transitions_match_a_float64_reference():
+    rng = np.random.default_rng(7)
+    num_tasks, per_task, n, gamma = 2, 64, 4, 0.9
+    shape = (num_tasks, per_task, n)
+    windows = {"obs": rng.integers(0, 255, (*shape, 3), dtype=np.uint8), "action": rng.integers(0, 6, shape),
+               "reward": rng.normal(size=shape).astype(np.float32),
+               "next_obs": rng.integers(0, 255, (*shape, 3), dtype=np.uint8),
+               "terminal": rng.random(shape) < 0.2, "truncated": rng.random(shape) < 0.15}
+    got = jax.jit(brc_discrete.n_step_transitions, static_argnums=1)(
+        jax.tree.map(jnp.asarray, windows), gamma)
+    want = numpy_n_step(windows, gamma)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name], np.float64), want[name], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    # The sample exercises every case: windows cut at each step and windows that run all n steps.
+    steps = np.round(np.log(want["discount"]) / np.log(gamma)).astype(int)
+    assert set(steps.ravel()) == set(range(1, n + 1))
+
+
+def test_one_step_windows_give_the_plain_one_step_update(batch):
+    windows = jax.tree.map(lambda x: x[:, :, None], batch)
+    folded = brc_discrete.n_step_transitions(windows, CONFIG.gamma)
+    np.testing.assert_allclose(folded["discount"], CONFIG.gamma, rtol=1e-6)
+    for name in batch:
+        np.testing.assert_array_equal(folded[name], batch[name])
+    state = make_state()
+    plain, _ = update(state, batch)
+    n_step, _ = update(state, folded)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain.params, n_step.params)
+
+
 # ---------------------------------------------------------------------------------------------- config and init
 
 
@@ -297,6 +355,8 @@ def test_config_errors_name_the_bad_value():
         brc_discrete.Config(compute_dtype="fp8")
     with pytest.raises(ValueError, match="target_update_period=0"):
         brc_discrete.Config(target_update_period=0)
+    with pytest.raises(ValueError, match="n_step=3 needs replay_capacity=1001 to be a multiple of envs_per_task=2"):
+        brc_discrete.Config(n_step=3, replay_capacity=1001, envs_per_task=2)
     with pytest.raises(ValueError, match="batch_size=15 is not divisible by the number of tasks 2"):
         make_state(dataclasses.replace(CONFIG, batch_size=15))
     with pytest.raises(ValueError, match=r"tasks \[1\] have none"):
@@ -326,12 +386,12 @@ def test_minatar_replay_keeps_compact_observations():
 # ---------------------------------------------------------------------------------------------- learning
 
 
-def test_learns_cartpole_within_a_small_budget():
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_learns_cartpole_within_a_small_budget(n_step):
     """Chunk 1 is all random actions: its mean episode return is the random policy's. Four chunks of learning later
     the greedy policy must do three times better (it reaches ~300 in this budget; random is ~20)."""
-    from purejaxmt import envs
     env = envs.make("CartPole-v1")
-    config = brc_discrete.Config(width=64, depth=1, num_bins=51, vector_encoder_width=64, embed_dim=8,
+    config = brc_discrete.Config(width=64, depth=1, num_bins=51, vector_encoder_width=64, embed_dim=8, n_step=n_step,
                                  learning_rate=1e-3, tau=0.01, batch_size=64, envs_per_task=4, updates_per_step=1,
                                  replay_capacity=10_000, random_steps=1000, epsilon_decay_steps=2000,
                                  total_steps=5000, steps_per_chunk=1000, eval_episodes=8)

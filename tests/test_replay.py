@@ -196,3 +196,35 @@ def test_nbytes_equals_the_allocated_bytes():
     # The runner may ask before anything exists: shapes and dtypes are enough.
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example)
     assert replay.nbytes(abstract, capacity) == allocated
+
+
+_sample_windows = jax.jit(replay.sample_windows, static_argnames=("batch_size", "length", "stride"))
+
+
+@pytest.mark.parametrize("num_adds, length", [(7, 3), (2, 2), (3, 1)])
+def test_windows_are_consecutive_items_of_one_env_and_cover_every_valid_start(num_adds, length):
+    """Item k * E + e is env e's step k. A ring of 12 slots and 3 envs keeps the last 4 steps of each env."""
+    num_tasks, envs_per_task, capacity = 2, 3, 12
+    state = _fill(num_tasks, envs_per_task, capacity, num_adds)
+    windows = _sample_windows(state, jax.random.PRNGKey(num_adds), batch_size=2 * 3000, length=length,
+                              stride=envs_per_task)
+    item, task = np.asarray(windows["item"]), np.asarray(windows["task"])
+    assert item.shape == (num_tasks, 3000, length)
+    assert (task == np.arange(num_tasks)[:, None, None]).all()
+    assert (item != SENTINEL).all()
+    env, step = item % envs_per_task, item // envs_per_task
+    assert (env == env[..., :1]).all()  # one env per window
+    np.testing.assert_array_equal(np.diff(step, axis=-1), 1)  # consecutive steps, oldest first
+    oldest_kept = max(0, num_adds - capacity // envs_per_task)
+    expected_starts = {(e, s) for e in range(envs_per_task) for s in range(oldest_kept, num_adds - length + 1)}
+    for t in range(num_tasks):
+        assert set(zip(env[t, :, 0].tolist(), step[t, :, 0].tolist())) == expected_starts
+
+
+def test_windows_need_a_capacity_that_keeps_envs_aligned():
+    state = _fill(1, 3, 10, 2)
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        replay.sample_windows(state, jax.random.PRNGKey(0), batch_size=4, length=2, stride=3)
+    with pytest.raises(ValueError, match="larger than 12"):
+        replay.sample_windows(_fill(1, 3, 12, 2), jax.random.PRNGKey(0), batch_size=4, length=5, stride=3)
+    replay.sample_windows(state, jax.random.PRNGKey(0), batch_size=4, length=1, stride=3)  # no window to misalign
