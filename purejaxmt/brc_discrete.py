@@ -4,13 +4,14 @@ The discrete, vision-based variant of Nauman et al. (2025), "Bigger, Regularized
 public code exists (BRC.md): a conv encoder (Dense for vector observations), the unit-norm task embedding joined
 after it, a BroNet trunk and a `num_actions x num_bins` categorical head; a target network; the per-task reward
 normalisation of continuous BRC (without the entropy term: there is no temperature); epsilon-greedy acting over each
-task's legal actions; task-balanced replay.
+task's legal actions; task-balanced replay; optional n-step returns (`Config.n_step`, default 1 as in BRC).
 
 1. `Config`      defaults from BRC.md where it gives them, C51/DQN-on-MinAtar values otherwise.
 2. `TrainState`  everything a run is, so one checkpoint restores one run.
 3. `init`        builds the state; every random draw descends from the one key.
 4. loss          `double_q_target` (a pure function of logits) and `q_loss` (categorical cross-entropy).
-5. `update`      Q-network step, then the target network (Polyak, or a hard copy every N updates).
+5. `update`      `n_step_transitions` folds sampled windows into n-step transitions; a Q-network step, then the
+                 target network (Polyak, or a hard copy every N updates).
 6. `train_chunk` a `lax.scan` of iterations: act (epsilon-greedy), step all `[T, E]` envs, store, update.
 7. `evaluate`    greedy policy, fresh episodes, per-task returns.
 

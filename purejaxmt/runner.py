@@ -245,6 +245,32 @@ def _checkpoint_leaves(state: Any) -> dict[str, jax.Array]:
     return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(state)) if leaf.size}
 
 
+STATE_LAYOUT = "state_layout.json"
+
+
+def state_layout(state: Any) -> list[str]:
+    """Every leaf of a saved state as `path shape dtype`, in order. Checkpoints hold leaves by position, so a resume
+    checks that the checkpoint was written for exactly this layout: a state that gained, lost or reordered a field
+    (a new purejaxmt version) must not load its arrays into the wrong places."""
+    return [f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {leaf.dtype}"
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def _check_state_layout(run_dir: Path, state: Any) -> None:
+    path = run_dir / STATE_LAYOUT
+    if not path.is_file():
+        raise ValueError(f"cannot resume {run_dir}: it has no {STATE_LAYOUT} (it was written by a purejaxmt older "
+                         "than the state-layout check, whose train state had other fields), so its checkpoint's "
+                         "arrays cannot be matched to this version's train state; start a new run")
+    saved, expected = json.loads(path.read_text()), state_layout(state)
+    if saved != expected:
+        differences = [f"saved {s!r}, now {e!r}" for s, e in zip(saved, expected) if s != e]
+        if len(saved) != len(expected):
+            differences.append(f"saved {len(saved)} leaves, now {len(expected)}")
+        raise ValueError(f"cannot resume {run_dir}: its checkpoint was written for another train-state layout (a "
+                         f"different purejaxmt version); start a new run. First differences: {differences[:3]}")
+
+
 def _from_checkpoint_leaves(saved: dict[str, jax.Array], template: Any) -> Any:
     leaves, treedef = jax.tree.flatten(template)
     restored = [saved[f"{i:05d}"] if leaf.size else jnp.zeros(leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)]
@@ -283,6 +309,12 @@ def run(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunCo
     print(f"[purejaxmt] initialising {run_config.seeds} seed(s) on {task_names} (compiles the env reset)", flush=True)
     state = init_states(agent, agent_config, env, run_config)
 
+    def saveable(state: Any) -> Any:
+        return state if run_config.save_replay else state.replace(replay=None)
+
+    if resume is not None:
+        _check_state_layout(run_dir, saveable(state))
+
     print(f"[purejaxmt] {experiment}: {len(task_names)} tasks {task_names}, {run_config.seeds} seed(s), "
           f"{num_chunks} chunks of {agent_config.steps_per_chunk} env steps per task, on "
           f"{jax.device_count()} x {jax.devices()[0].device_kind}")
@@ -291,14 +323,12 @@ def run(experiment: str, agent: ModuleType, agent_config: Any, run_config: RunCo
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None:
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        (run_dir / STATE_LAYOUT).write_text(json.dumps(state_layout(saveable(state)), indent=0) + "\n")
     print(f"[purejaxmt] run dir: {run_dir}")
 
     manager = ocp.CheckpointManager(
         (run_dir / "checkpoints").absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False))
-
-    def saveable(state: Any) -> Any:
-        return state if run_config.save_replay else state.replace(replay=None)
 
     start_chunk, wall_offset = 0, 0.0
     if resume is not None:

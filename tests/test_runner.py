@@ -105,6 +105,14 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
     config = json.loads((resumed / "config.json").read_text())
     assert config["agent_config"]["critic_width"] == AGENT.critic_width and config["run"]["tasks"] == TASKS
 
+    # A checkpoint written for another train-state layout (here: a normaliser without max_abs_reward) is refused.
+    layout_path = resumed / runner.STATE_LAYOUT
+    layout = json.loads(layout_path.read_text())
+    assert any(".normalizer.max_abs_reward" in leaf for leaf in layout)
+    layout_path.write_text(json.dumps([leaf for leaf in layout if ".normalizer.max_abs_reward" not in leaf]))
+    with pytest.raises(ValueError, match=r"another train-state layout.*max_abs_reward"):
+        runner.run("test", brc, AGENT, dataclasses.replace(RUN), resume=resumed)
+
 
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="no-such-task"):
@@ -145,5 +153,7 @@ def test_resume_and_run_dir_guards(tmp_path):
     with pytest.raises(ValueError, match=r"agent_config.critic_width: saved 32, requested 64"):
         runner.run("test", brc, dataclasses.replace(AGENT, critic_width=64), RUN, resume=run_dir)
     assert json.loads((run_dir / "config.json").read_text()) == saved
+    with pytest.raises(ValueError, match="has no state_layout.json"):  # a run dir from before the layout check
+        runner.run("test", brc, AGENT, RUN, resume=run_dir)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         runner.run("test", brc, AGENT, RUN, resume=tmp_path / "missing")
