@@ -146,6 +146,10 @@ class Config:
             problems.append(f"n_step={self.n_step} needs replay_capacity={self.replay_capacity} to be a multiple of "
                             f"envs_per_task={self.envs_per_task} (so each env's steps stay in order across the ring's "
                             f"wrap) and larger than n_step * envs_per_task")
+        if self.random_steps < (self.n_step - 1) * self.envs_per_task:
+            problems.append(f"random_steps={self.random_steps} must be at least (n_step - 1) * envs_per_task = "
+                            f"{(self.n_step - 1) * self.envs_per_task}: the first update needs one n-step window "
+                            "of every env in the buffer")
         if problems:
             raise ValueError("Invalid discrete BRC config: " + "; ".join(problems))
         # Tuples, also when given as lists (a config read back from JSON): the config must stay hashable (static).

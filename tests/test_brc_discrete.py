@@ -357,6 +357,8 @@ def test_config_errors_name_the_bad_value():
         brc_discrete.Config(target_update_period=0)
     with pytest.raises(ValueError, match="n_step=3 needs replay_capacity=1001 to be a multiple of envs_per_task=2"):
         brc_discrete.Config(n_step=3, replay_capacity=1001, envs_per_task=2)
+    with pytest.raises(ValueError, match=r"random_steps=3 must be at least \(n_step - 1\) \* envs_per_task = 4"):
+        brc_discrete.Config(n_step=3, random_steps=3, envs_per_task=2)
     with pytest.raises(ValueError, match="batch_size=15 is not divisible by the number of tasks 2"):
         make_state(dataclasses.replace(CONFIG, batch_size=15))
     with pytest.raises(ValueError, match=r"tasks \[1\] have none"):
