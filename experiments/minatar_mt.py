@@ -56,8 +56,8 @@ PRESETS = {
         # 0.25 ms per iteration (65k env steps/s at 4 envs per game), so the update is the whole cost: one update per
         # iteration of 4 envs per game runs at 20-29 ms per iteration, 550-800 env steps/s over the 4 games.
         # 100k env steps per game took 19 min 24 s of training with 3 seeds vmapped (docs/results.md), plus ~65 s of
-        # compile. 3-step returns (and the normaliser's reward floor) make Freeway learn at this budget as well as
-        # Breakout and SpaceInvaders; Asterix needs ~200k+ steps (the gpu preset).
+        # compile. The normaliser's reward floor makes Freeway learnable at this budget, 3-step returns make it learn
+        # in every seed (docs/results.md), as well as Breakout and SpaceInvaders; Asterix needs ~200k+ steps (gpu).
         agent=brc_discrete.Config(width=256, depth=1, conv_channels=(16,), conv_kernel_sizes=(3,), conv_strides=(1,),
                                   num_bins=51, n_step=3, batch_size=128, envs_per_task=4, updates_per_step=1,
                                   replay_capacity=100_000, random_steps=5_000, epsilon_decay_steps=50_000,
