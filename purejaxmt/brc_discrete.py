@@ -461,7 +461,7 @@ def _update_many(state: TrainState) -> tuple[TrainState, Metrics]:
                                         stride=config.envs_per_task)
         return update(state.replace(key=key), n_step_transitions(windows, config.gamma))
 
-    state, infos = jax.lax.scan(one_update, state, None, length=state.config.updates_per_step)
+    state, infos = jax.lax.scan(one_update, state, None, length=config.updates_per_step)
     return state, jax.tree.map(lambda x: x.mean(axis=0), infos)
 
 

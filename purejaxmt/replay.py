@@ -92,17 +92,8 @@ def sample(state: ReplayState, key: jax.Array, batch_size: int) -> PyTree:
     first `add`: a task with no written slot has nothing to draw from (it would get its slot 0, which holds zeros).
     """
     num_tasks, _ = _dims(state)
-    if batch_size % num_tasks != 0:
-        raise ValueError(
-            f"sample: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch is "
-            f"task-balanced, so use a multiple of {num_tasks}."
-        )
-    per_task = batch_size // num_tasks
-    u = jax.random.uniform(key, (num_tasks, per_task))
-    # floor(u * size) < size for u < 1 in exact arithmetic; the clip guards float32 rounding, never an empty ring.
-    indices = jnp.floor(u * state.size[:, None]).astype(jnp.int32)  # [T, B/T]
-    indices = jnp.clip(indices, 0, jnp.maximum(state.size[:, None] - 1, 0))
-    chex.assert_shape(indices, (num_tasks, per_task))
+    per_task = _per_task(batch_size, num_tasks, "sample")
+    indices = _uniform_below(key, state.size[:, None], (num_tasks, per_task))  # [T, B/T]
     tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None]
     return jax.tree.map(lambda stored: stored[tasks, indices], state.data)
 
@@ -119,11 +110,7 @@ def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: 
     items per env.
     """
     num_tasks, capacity = _dims(state)
-    if batch_size % num_tasks != 0:
-        raise ValueError(
-            f"sample_windows: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch "
-            f"is task-balanced, so use a multiple of {num_tasks}."
-        )
+    per_task = _per_task(batch_size, num_tasks, "sample_windows")
     if length < 1 or stride < 1:
         raise ValueError(f"sample_windows: length={length} and stride={stride} must both be >= 1")
     span = (length - 1) * stride  # slots from a window's first item to its last
@@ -133,16 +120,31 @@ def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: 
             f"{stride} slots apart: the capacity must be a multiple of the stride ({stride}, the envs per task) so "
             f"that one env's items stay {stride} apart across the wrap, and larger than {span}"
         )
-    per_task = batch_size // num_tasks
-    u = jax.random.uniform(key, (num_tasks, per_task))
     # Ages count back from the newest item (age 0); a window starting at age a ends at age a - span >= 0.
     num_starts = jnp.maximum(state.size - span, 1)[:, None]  # [T, 1]
-    start_age = span + jnp.clip(jnp.floor(u * num_starts).astype(jnp.int32), 0, num_starts - 1)  # [T, B/T]
+    start_age = span + _uniform_below(key, num_starts, (num_tasks, per_task))  # [T, B/T]
     first_slot = (state.pointer[:, None] - 1 - start_age) % capacity
     slots = (first_slot[..., None] + stride * jnp.arange(length, dtype=jnp.int32)) % capacity  # [T, B/T, length]
     chex.assert_shape(slots, (num_tasks, per_task, length))
     tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None, None]
     return jax.tree.map(lambda stored: stored[tasks, slots], state.data)
+
+
+def _per_task(batch_size: int, num_tasks: int, caller: str) -> int:
+    if batch_size % num_tasks != 0:
+        raise ValueError(
+            f"{caller}: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch is "
+            f"task-balanced, so use a multiple of {num_tasks}."
+        )
+    return batch_size // num_tasks
+
+
+def _uniform_below(key: jax.Array, count: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """int32 `shape`, uniform over `[0, count)` (`count` broadcasts to `shape`; 0 where `count` is 0)."""
+    u = jax.random.uniform(key, shape)
+    # floor(u * count) < count for u < 1 in exact arithmetic; the clip guards float32 rounding, never an empty ring.
+    indices = jnp.floor(u * count).astype(jnp.int32)
+    return jnp.clip(indices, 0, jnp.maximum(count - 1, 0))
 
 
 def nbytes(example: PyTree, capacity: int) -> int:
