@@ -128,6 +128,80 @@ def test_atoms_on_support_points_keep_all_their_mass_exactly(support):
     np.testing.assert_array_equal(np.asarray(_project(atoms, identity, support)), identity)
 
 
+@pytest.mark.parametrize("batch_shape", [(1,), (4,), (2, 3)], ids=["vmap1", "vmap4", "vmap2x3"])
+def test_vmap_equals_row_by_row(batch_shape):
+    # The runner vmaps the update over seeds; the projection must not change under a leading vmapped axis.
+    support, atoms, probs = random_case(7, 101, -10.0, 20.0, (*batch_shape, 16))
+    batched = categorical.project
+    for _ in batch_shape:
+        batched = jax.vmap(batched, in_axes=(0, 0, None))
+    vmapped = np.asarray(jax.jit(batched)(atoms, probs, support))
+    assert vmapped.shape == (*batch_shape, 16, 101)
+    for index in np.ndindex(*batch_shape):
+        row = np.asarray(_project(atoms[index], probs[index], support))
+        np.testing.assert_allclose(vmapped[index], row, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(vmapped, reference_project(atoms, probs, support), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("batch_shape", [(), (3,), (2, 5)])
+def test_project_more_or_fewer_positions_than_atoms(batch_shape):
+    # N = 7 positions onto K = 11 atoms (and 23 onto 11): the output has the support's length.
+    support = np.asarray(categorical.make_support(11, -5.0, 5.0))
+    rng = np.random.default_rng(3)
+    for num_positions in (7, 23):
+        shape = (*batch_shape, num_positions)
+        atoms = np.where(rng.random(shape) < 0.3, support[rng.integers(0, 11, shape)], rng.uniform(-8.0, 8.0, shape))
+        atoms = atoms.astype(np.float32)
+        probs = rng.dirichlet(np.ones(num_positions), batch_shape).astype(np.float32)
+        projected = np.asarray(_project(atoms, probs, support))
+        assert projected.shape == (*batch_shape, 11) and projected.dtype == np.float32
+        np.testing.assert_allclose(projected, reference_project(atoms, probs, support), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "support",
+    [
+        categorical.make_support(2, -10.0, 10.0),
+        categorical.make_support(101, -10.0, 10.0),
+        categorical.make_support(51, -3.3, 17.1),
+        categorical.make_support(101, -97.3, 41.9),
+        jnp.linspace(-10.0, 10.0, 101, dtype=jnp.float32),
+    ],
+    ids=["K2", "K101", "K51-shifted", "K101-wide", "jnp-linspace"],
+)
+def test_each_atom_alone_keeps_its_exact_mass(support):
+    # One position per row, on the first, the last or an interior atom, with an arbitrary (non-dyadic) mass: the
+    # mass must land on that atom bit-for-bit and nothing anywhere else, whatever bin the float guess lands in.
+    num_bins = support.shape[0]
+    masses = np.random.default_rng(11).uniform(0.01, 3.0, num_bins).astype(np.float32)
+    atoms = np.asarray(support)[:, None]  # [K, 1]: row j holds only s_j
+    projected = np.asarray(_project(atoms, masses[:, None], support))
+    np.testing.assert_array_equal(projected, np.diag(masses))
+    # The same through vmap (the runner's path).
+    vmapped = np.asarray(jax.jit(jax.vmap(categorical.project, in_axes=(0, 0, None)))(atoms, masses[:, None], support))
+    np.testing.assert_array_equal(vmapped, np.diag(masses))
+
+
+@pytest.mark.parametrize(
+    "support",
+    [categorical.make_support(101, -10.0, 10.0), categorical.make_support(101, -97.3, 41.9)],
+    ids=["K101", "K101-shifted"],
+)
+def test_positions_a_few_float_steps_off_each_atom(support):
+    # Where the float guess (x - s_0) / dz of the bracket lands one bin off: within a few float32 steps of an atom (a
+    # few hundred such positions here, both ways). The bracket must come from the exact comparisons, else the small
+    # share of the neighbouring atom goes to the wrong one. One position per row with mass 1, so each error shows.
+    points = np.asarray(support)
+    below, above, offsets = points.copy(), points.copy(), [points]
+    for _ in range(8):
+        below, above = np.nextafter(below, -np.inf), np.nextafter(above, np.inf)
+        offsets += [below, above]
+    atoms = np.concatenate(offsets).astype(np.float32)[:, None]  # [17 K, 1]
+    probs = np.ones_like(atoms)
+    projected = np.asarray(_project(atoms, probs, support))
+    np.testing.assert_allclose(projected, reference_project(atoms, probs, support), atol=3e-7, rtol=0)
+
+
 def test_clipped_mass_goes_to_the_end_atoms():
     support = categorical.make_support(5, -2.0, 2.0)
     atoms = jnp.array([-100.0, -2.0, 2.0, 7.0, jnp.inf])
