@@ -39,10 +39,10 @@ def main(args: Args) -> None:
                             compute_dtype=args.compute_dtype)
         state = brc.init(jax.random.PRNGKey(0), config, obs_dim=args.obs_dim, action_dim=args.action_dim,
                          num_tasks=args.num_tasks)
-        per_task = args.batch_size // args.num_tasks
         keys = jax.random.split(jax.random.PRNGKey(1), 4)
-        shape = (args.num_tasks, per_task)
-        batch = {"obs": jax.random.normal(keys[0], (*shape, args.obs_dim)),
+        shape = (args.batch_size,)
+        batch = {"task_id": jax.numpy.arange(args.batch_size, dtype=jax.numpy.int32) % args.num_tasks,
+                 "obs": jax.random.normal(keys[0], (*shape, args.obs_dim)),
                  "action": jax.random.uniform(keys[1], (*shape, args.action_dim), minval=-1, maxval=1),
                  "reward": jax.random.uniform(keys[2], shape), "next_obs": jax.random.normal(keys[3], (*shape, args.obs_dim)),
                  "terminal": jax.numpy.zeros(shape, bool), "truncated": jax.numpy.zeros(shape, bool)}

@@ -14,7 +14,7 @@ them all.
 
 `--single-task-baselines` trains one agent per game, one after another, into `<run dir>/<game>/` (default run dir
 runs/minatar_st/<timestamp>/), each with the preset's settings, the same env steps per game, and the multi-task batch's
-per-game share (`batch_size / number of games`), so that each game contributes as many samples per update as in the
+per-game share (`batch_size // number of games`), so that each game contributes as many samples per update as in the
 multi-task run. `<run dir>/summary.json` collects the games' final evaluation returns. `--resume <run dir>` with the
 flag continues the games that have started and starts the rest.
 Note: Gymnax's MinAtar has no sticky actions and cuts episodes at 1000 steps (Freeway 2500); compare with the
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from purejaxmt import brc_discrete, plotting, runner  # noqa: E402
 
-EXPERIMENT, SINGLE_TASK_EXPERIMENT = "minatar_mt", "minatar_st"
+EXPERIMENT, SINGLE_TASK_EXPERIMENT, AGENT = "minatar_mt", "minatar_st", brc_discrete
 
 PAPER = brc_discrete.Config(compute_dtype="bfloat16")  # BRC.md: W=4096 trunk, 101 atoms, batch 1024, 1M steps/task
 
@@ -77,7 +77,7 @@ PRESETS = {
 
 FLAGS = (("single_task_baselines", bool, False,
           "Train one agent per game instead (sequentially, into <run dir>/<game>/), with the same env steps per game "
-          "and batch_size / number of games transitions per update."),)
+          "and batch_size // number of games transitions per update."),)
 
 
 def single_task_baselines(command: runner.Command) -> Path:
@@ -85,9 +85,9 @@ def single_task_baselines(command: runner.Command) -> Path:
     games = list(runner.make_env(command.run).task_names)
     agent_config = command.agent
     if len(games) > 1:
-        if agent_config.batch_size % len(games):
-            raise ValueError(f"batch_size={agent_config.batch_size} is not divisible by the {len(games)} games "
-                             f"{games}: a single-task agent gets batch_size / number of games")
+        if agent_config.batch_size < len(games):
+            raise ValueError(f"batch_size={agent_config.batch_size} is smaller than the {len(games)} games {games}: "
+                             "a single-task agent gets batch_size // number of games")
         agent_config = dataclasses.replace(agent_config, batch_size=agent_config.batch_size // len(games))
     root = command.resume or command.run_dir or runner.new_run_dir(SINGLE_TASK_EXPERIMENT)
     record = {"experiment": SINGLE_TASK_EXPERIMENT, "preset": command.preset, "single_task_baselines": True,

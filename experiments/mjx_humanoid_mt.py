@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from purejaxmt import brc, runner  # noqa: E402
 
+EXPERIMENT, AGENT = "mjx_humanoid_mt", brc
 PAPER = brc.Config(compute_dtype="bfloat16")  # BRC.md defaults: W=4096 critic, batch 1024, 1M steps per task
 
 PRESETS = {
@@ -55,4 +56,4 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    runner.main("mjx_humanoid_mt", brc, PRESETS, description=__doc__)
+    runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)

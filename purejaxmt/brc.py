@@ -10,7 +10,7 @@ Reads as the method section of Nauman et al. (2025), "Bigger, Regularized, Categ
 6. `train_chunk` a `lax.scan` of iterations: act, step all `[T, E]` envs, store, `updates_per_step` updates.
 7. `evaluate`    deterministic policy, fresh episodes, per-task returns.
 
-Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch (task-balanced: `B / T` per task), `K` atoms,
+Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch (task-balanced: `B // T` per task), `K` atoms,
 `A` padded action size, `O` padded observation size.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import flax.struct as struct
@@ -64,7 +64,8 @@ class Config:
     updates_per_step: int = 2
     """Gradient updates per environment iteration (one iteration steps all `T x E` envs once)."""
     batch_size: int = 1024
-    """Transitions per update, drawn task-balanced (`batch_size / T` from each task); 256 for single-task runs."""
+    """Transitions per update, drawn task-balanced (`batch_size // T` from each task, the remainder from tasks drawn
+    at random per update; see `replay.balanced_task_ids`); 256 for single-task runs."""
 
     # -- temperature --
     init_temperature: float = 0.1
@@ -75,8 +76,10 @@ class Config:
 
     # -- reward normalisation --
     entropy_correction: str = "fixed"
-    """Entropy term of the return range: "fixed" uses H = |A|/4 (the authors' stand-in), "policy" uses the batch's
-    policy entropy; "none" drops the term."""
+    """Entropy term `alpha * |H| / (1 - gamma)` added to the return range: "fixed" uses |H| = |A|/4 (the authors'
+    stand-in, minus half the target entropy), "policy" the magnitude of the last actor batch's policy entropy, "none"
+    drops the term. Either way the term is non-negative: it makes room in the support for the soft-value bonus,
+    whatever its sign."""
 
     # -- replay and schedule --
     replay_capacity: int = 1_000_000
@@ -149,7 +152,14 @@ def _optimizers(config: Config) -> tuple[optax.GradientTransformation, optax.Gra
 # ----------------------------------------------------------------------------------------------------------------------
 @struct.dataclass
 class TrainState:
-    """Everything a run is. Arrays are pytree leaves; `config` and `env` are static (part of the tree structure)."""
+    """Everything a run is. Arrays are pytree leaves; `config` and `env` are static (part of the tree structure).
+
+    `LOCKSTEP_FIELDS` are the same in every run of a vmapped batch (they count iterations and updates): the runner
+    keeps them outside the vmapped axis, so the `lax.cond` that skips updates in the random phase stays a cond
+    instead of becoming a select that runs the updates anyway.
+    """
+
+    LOCKSTEP_FIELDS: ClassVar[tuple[str, ...]] = ("iteration", "num_updates")
 
     critic_params: Params
     critic_target_params: Params
@@ -203,9 +213,9 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_dim: int | None
         action_mask = jnp.asarray(env.action_mask, dtype=bool)
     else:
         action_mask = jnp.ones((num_tasks, action_dim), dtype=bool)
-    if config.batch_size % num_tasks:
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the number of tasks {num_tasks}: "
-                         "batches are task-balanced; pick a multiple of the task count")
+    if config.batch_size < num_tasks:
+        raise ValueError(f"batch_size={config.batch_size} is smaller than the number of tasks {num_tasks}: batches "
+                         "are task-balanced, with at least one transition of every task")
 
     critic, actor = _networks(config, action_dim, num_tasks)
     critic_opt, actor_opt, temperature_opt = _optimizers(config)
@@ -227,11 +237,13 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_dim: int | None
         critic_opt_state=critic_opt.init(critic_params),
         actor_opt_state=actor_opt.init(actor_params),
         temperature_opt_state=temperature_opt.init(log_temperature),
-        normalizer=normalize.init(num_tasks, config.envs_per_task),
+        # A learner-only state never steps an env: a one-step reward history stands in.
+        normalizer=normalize.init(num_tasks, config.envs_per_task,
+                                  max(env.episode_length) if env is not None else 1),
         action_mask=action_mask,
         key=key,
-        # Before the first update the policy's entropy is unknown: its target (|A|/2) stands in.
-        policy_entropy=-config.target_entropy_per_dim * action_mask.sum(axis=-1).max().astype(jnp.float32),
+        # Before the first update the policy's entropy is unknown: its target (-|A|/2) stands in.
+        policy_entropy=config.target_entropy_per_dim * action_mask.sum(axis=-1).max().astype(jnp.float32),
         iteration=jnp.zeros((), jnp.int32),
         num_updates=jnp.zeros((), jnp.int32),
         config=config,
@@ -323,38 +335,34 @@ def temperature_loss(log_temperature: jax.Array, log_prob: jax.Array, target_ent
 
 
 def reward_scale(state: TrainState) -> jax.Array:
-    """Per-task reward scale `V_max / (G_i + alpha H / (1 - gamma))`, `[T]`."""
+    """Per-task reward scale `V_max / (G_i + alpha |H| / (1 - gamma))`, `[T]`.
+
+    The authors' normaliser divides by `G_i - alpha * target_entropy / 2 / (1 - gamma)` with the target entropy
+    `-|A|/2`: a positive term, `|H| = |A|/4`. "policy" puts the policy's own entropy in its place, by magnitude:
+    the entropy of a tanh-Gaussian policy is negative once it is near its target, and a negative term would shrink
+    the denominator (even below zero) instead of making room for the soft-value bonus."""
     config = state.config
     temperature = jnp.exp(state.log_temperature)
     if config.entropy_correction == "fixed":
-        entropy = state.action_mask.sum(axis=-1) / 4.0                 # [T], the authors' stand-in |A|/4
+        entropy_magnitude = state.action_mask.sum(axis=-1) / 4.0        # [T], the authors' stand-in |A|/4
     elif config.entropy_correction == "policy":
-        entropy = state.policy_entropy
+        entropy_magnitude = jnp.abs(state.policy_entropy)
     else:
-        entropy = jnp.zeros(())
-    correction = temperature * entropy / (1.0 - config.gamma)
+        entropy_magnitude = jnp.zeros(())
+    correction = temperature * entropy_magnitude / (1.0 - config.gamma)
     return normalize.scale(state.normalizer, config.v_max, jax.lax.stop_gradient(correction))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. update
 # ----------------------------------------------------------------------------------------------------------------------
-def flatten_batch(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """`[T, b, ...]` task-balanced sample -> flat `[T * b, ...]` with a `task_id` field."""
-    num_tasks, per_task = batch["reward"].shape
-    flat = jax.tree.map(lambda x: x.reshape(num_tasks * per_task, *x.shape[2:]), batch)
-    flat["task_id"] = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
-    return flat
-
-
 def update(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-    """One BRC update on a task-balanced batch (leaves `[T, B / T, ...]`, raw rewards) in the paper's order:
-    critic step, Polyak target update, actor step (against the new critic), temperature step."""
-    chex.assert_rank(batch["reward"], 2)
-    chex.assert_equal(batch["reward"].shape[0], state.num_tasks)
+    """One BRC update on a task-balanced batch (flat leaves `[B, ...]`, raw rewards, int32 `task_id [B]`) in the
+    paper's order: critic step, Polyak target update, actor step (against the new critic), temperature step."""
+    chex.assert_rank(batch["reward"], 1)
+    chex.assert_equal_shape([batch["reward"], batch["task_id"]])
     config = state.config
     critic_opt, actor_opt, temperature_opt = _optimizers(config)
-    batch = flatten_batch(batch)
     key, critic_key, actor_key = jax.random.split(state.key, 3)
     scale = reward_scale(state)
 
@@ -414,8 +422,8 @@ def _update_many(state: TrainState) -> tuple[TrainState, Metrics]:
 
     def one_update(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
         key, sample_key = jax.random.split(state.key)
-        batch = replay.sample(state.replay, sample_key, state.config.batch_size)
-        return update(state.replace(key=key), batch)
+        items, task_id = replay.sample(state.replay, sample_key, state.config.batch_size)
+        return update(state.replace(key=key), {**items, "task_id": task_id})
 
     state, infos = jax.lax.scan(one_update, state, None, length=state.config.updates_per_step)
     return state, jax.tree.map(lambda x: x.mean(axis=0), infos)

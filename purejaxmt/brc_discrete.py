@@ -15,7 +15,7 @@ task's legal actions; task-balanced replay; optional n-step returns (`Config.n_s
 6. `train_chunk` a `lax.scan` of iterations: act (epsilon-greedy), step all `[T, E]` envs, store, update.
 7. `evaluate`    greedy policy, fresh episodes, per-task returns.
 
-Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch (task-balanced: `B / T` per task), `K` atoms,
+Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch (task-balanced: `B // T` per task), `K` atoms,
 `A` actions (one shared action set; `action_mask [T, A]` marks each task's legal ones), `*O` the observation shape
 (`[H, W, C]` for MinAtar, `[D]` for classic control).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import flax.struct as struct
@@ -83,7 +83,8 @@ class Config:
     updates_per_step: int = 2
     """Gradient updates per environment iteration (one iteration steps all `T x E` envs once)."""
     batch_size: int = 1024
-    """Transitions per update, drawn task-balanced (`batch_size / T` from each task)."""
+    """Transitions per update, drawn task-balanced (`batch_size // T` from each task, the remainder from tasks drawn
+    at random per update)."""
 
     # -- exploration --
     epsilon_start: float = 1.0
@@ -181,7 +182,11 @@ def _optimizer(config: Config) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------------------------------------------------
 @struct.dataclass
 class TrainState:
-    """Everything a run is. Arrays are pytree leaves; `config` and `env` are static (part of the tree structure)."""
+    """Everything a run is. Arrays are pytree leaves; `config` and `env` are static (part of the tree structure).
+    `LOCKSTEP_FIELDS` are the same in every run of a vmapped batch: the runner keeps them outside the vmapped axis
+    (see `brc.TrainState`)."""
+
+    LOCKSTEP_FIELDS: ClassVar[tuple[str, ...]] = ("iteration", "num_updates")
 
     params: Params                       # the online Q-network (encoder, task embedding, trunk, head)
     target_params: Params
@@ -244,9 +249,9 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_shape: tuple[in
                          f"none in action_mask={action_mask.tolist()}")
     if len(obs_shape) not in (1, 3):
         raise ValueError(f"brc_discrete expects image [H, W, C] or vector [D] observations, got obs_shape={obs_shape}")
-    if config.batch_size % num_tasks:
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the number of tasks {num_tasks}: "
-                         "batches are task-balanced; pick a multiple of the task count")
+    if config.batch_size < num_tasks:
+        raise ValueError(f"batch_size={config.batch_size} is smaller than the number of tasks {num_tasks}: batches "
+                         "are task-balanced, with at least one transition of every task")
 
     network = _network(config, num_actions, num_tasks)
     key, network_key, env_key = jax.random.split(key, 3)
@@ -255,7 +260,9 @@ def init(key: jax.Array, config: Config, env: Any = None, *, obs_shape: tuple[in
         params=params,
         target_params=jax.tree.map(jnp.copy, params),  # own buffers: chunks donate the state
         opt_state=_optimizer(config).init(params),
-        normalizer=normalize.init(num_tasks, config.envs_per_task),
+        # A learner-only state never steps an env: a one-step reward history stands in.
+        normalizer=normalize.init(num_tasks, config.envs_per_task,
+                                  max(env.episode_length) if env is not None else 1),
         action_mask=jnp.asarray(action_mask),
         key=key,
         iteration=jnp.zeros((), jnp.int32),
@@ -361,48 +368,39 @@ def reward_scale(state: TrainState) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------------
 # 5. update
 # ----------------------------------------------------------------------------------------------------------------------
-def flatten_batch(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """`[T, b, ...]` task-balanced sample -> flat `[T * b, ...]` with a `task_id` field."""
-    num_tasks, per_task = batch["reward"].shape
-    flat = jax.tree.map(lambda x: x.reshape(num_tasks * per_task, *x.shape[2:]), batch)
-    flat["task_id"] = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
-    return flat
-
-
 def n_step_transitions(windows: dict[str, jax.Array], gamma: float) -> dict[str, jax.Array]:
-    """Folds windows of n consecutive transitions of one env (leaves `[T, b, n, ...]`, from `replay.sample_windows`)
-    into n-step transitions `[T, b, ...]`.
+    """Folds windows of n consecutive transitions of one env (leaves `[B, n, ...]`, from `replay.sample_windows`)
+    into n-step transitions `[B, ...]`.
 
     A window is summed up to and including its first step that ends an episode (terminal or truncated), or over all
     n steps: m steps in all. The result keeps the first step's `obs` and `action`, the discounted raw reward sum
     `sum_{k<m} gamma^k r_k`, the m-th step's `next_obs`, `terminal` and `truncated`, and `discount = gamma^m`, the
     factor of the bootstrap (multiplied by `1 - terminal` in the target)."""
     reward = windows["reward"]
-    chex.assert_rank(reward, 3)
-    num_tasks, per_task, n = reward.shape
-    ended = windows["terminal"] | windows["truncated"]                                                 # [T, b, n]
+    chex.assert_rank(reward, 2)
+    batch_size, n = reward.shape
+    ended = windows["terminal"] | windows["truncated"]                                                 # [B, n]
     ended_before = (jnp.cumsum(ended, axis=-1) - ended) > 0       # an earlier step of the window ended the episode
     counted = ~ended_before
-    num_counted = counted.sum(axis=-1)                                                                 # [T, b], >= 1
+    num_counted = counted.sum(axis=-1)                                                                 # [B], >= 1
     powers = jnp.asarray(gamma, jnp.float32) ** jnp.arange(n, dtype=jnp.float32)
-    tasks, rows = jnp.arange(num_tasks)[:, None], jnp.arange(per_task)[None, :]
-    last = num_counted - 1
+    rows, last = jnp.arange(batch_size), num_counted - 1
 
-    return {"obs": windows["obs"][:, :, 0], "action": windows["action"][:, :, 0],
+    return {"obs": windows["obs"][:, 0], "action": windows["action"][:, 0],
             "reward": jnp.sum(jnp.where(counted, reward * powers, 0.0), axis=-1),
-            "next_obs": windows["next_obs"][tasks, rows, last],
-            "terminal": windows["terminal"][tasks, rows, last], "truncated": windows["truncated"][tasks, rows, last],
+            "next_obs": windows["next_obs"][rows, last],
+            "terminal": windows["terminal"][rows, last], "truncated": windows["truncated"][rows, last],
             "discount": jnp.asarray(gamma, jnp.float32) ** num_counted.astype(jnp.float32)}
 
 
 def update(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
-    """One update on a task-balanced batch (leaves `[T, B / T, ...]`, raw rewards): an AdamW step of the Q-network,
-    then the target network moves by `tau` towards it every `target_update_period` updates. An optional `discount`
-    field `[T, B / T]` is each transition's bootstrap factor (`n_step_transitions`); without it, `gamma`."""
-    chex.assert_rank(batch["reward"], 2)
-    chex.assert_equal(batch["reward"].shape[0], state.num_tasks)
+    """One update on a task-balanced batch (flat leaves `[B, ...]`, raw rewards, int32 `task_id [B]`): an AdamW step
+    of the Q-network, then the target network moves by `tau` towards it every `target_update_period` updates. An
+    optional `discount` field `[B]` is each transition's bootstrap factor (`n_step_transitions`); without it,
+    `gamma`."""
+    chex.assert_rank(batch["reward"], 1)
+    chex.assert_equal_shape([batch["reward"], batch["task_id"]])
     config = state.config
-    batch = flatten_batch(batch)
 
     (_, info), grads = jax.value_and_grad(q_loss, has_aux=True)(state.params, state, batch, reward_scale(state))
     updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
@@ -457,9 +455,9 @@ def _update_many(state: TrainState) -> tuple[TrainState, Metrics]:
 
     def one_update(state: TrainState, _: None) -> tuple[TrainState, Metrics]:
         key, sample_key = jax.random.split(state.key)
-        windows = replay.sample_windows(state.replay, sample_key, config.batch_size, length=config.n_step,
-                                        stride=config.envs_per_task)
-        return update(state.replace(key=key), n_step_transitions(windows, config.gamma))
+        windows, task_id = replay.sample_windows(state.replay, sample_key, config.batch_size, length=config.n_step,
+                                                 stride=config.envs_per_task)
+        return update(state.replace(key=key), {**n_step_transitions(windows, config.gamma), "task_id": task_id})
 
     state, infos = jax.lax.scan(one_update, state, None, length=config.updates_per_step)
     return state, jax.tree.map(lambda x: x.mean(axis=0), infos)

@@ -1,8 +1,9 @@
 """Networks of BRC: the BroNet trunk, the task embedding, the critic ensemble and the tanh-Gaussian actor (continuous),
 the conv encoder and the categorical Q-network (discrete).
 
-Parameters are always float32; `dtype` is the compute dtype of the matmuls (bfloat16 on accelerators makes the wide
-critic affordable). Every network returns float32 so that losses are computed in full precision.
+Parameters are always float32; `dtype` is the compute dtype of the hidden matmuls (bfloat16 on accelerators makes the
+wide critic affordable). Output layers compute in float32, and every network returns float32, so that logits,
+softmax, projection and losses are in full precision.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ class BroNet(nn.Module):
             residual = nn.relu(layer_norm()(dense(self.width)(x)))
             residual = layer_norm()(dense(self.width)(residual))
             x = x + residual
-        return dense(self.out_dim)(x).astype(jnp.float32)
+        # The output projection runs in float32 whatever the compute dtype (the usual mixed-precision rule): its
+        # outputs are the categorical logits (or the actor's mean and log-std), and bfloat16 would round each logit
+        # by up to ~0.06 before the softmax, the projection and the loss. It is one narrow matmul of the network.
+        return dense(self.out_dim, dtype=jnp.float32)(x.astype(jnp.float32))
 
 
 class TaskEmbedding(nn.Module):

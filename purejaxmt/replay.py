@@ -1,7 +1,8 @@
 """The task-axis replay buffer: one ring of capacity C per task, task-balanced uniform sampling.
 
 Storage is a pytree of `[T, C, ...]` arrays (any pytree: a `Transition`, a dict, ...), written E items per task at a
-time by `add` and read `[T, B // T, ...]` at a time by `sample`. Leaves keep the dtype of the example they were built
+time by `add` and read as a flat `[B, ...]` batch with a `task_id [B]` by `sample` (task-balanced: `B // T` items
+of every task, the remainder spread over the tasks at random). Leaves keep the dtype of the example they were built
 from, so binary observations stored as uint8/bool cost one byte each. Rewards are meant to be stored raw: the
 per-task normaliser changes during training and is applied at sampling time.
 
@@ -21,9 +22,9 @@ from flax import struct
 
 PyTree = Any
 
-# `sample` draws indices as floor(u * size) with u a float32 uniform; above 2**24 float32 no longer represents every
-# integer, so some slots could never be drawn.
-MAX_CAPACITY = 2**24
+# Slots and indices are int32; slots are drawn as integers (`jax.random.randint`), so every slot of a ring of any
+# size up to this is drawn with equal probability (a float32 uniform has only 2**23 levels in [0.5, 1)).
+MAX_CAPACITY = 2**30
 
 
 @struct.dataclass
@@ -85,22 +86,25 @@ def add(state: ReplayState, batch: PyTree) -> ReplayState:
     )
 
 
-def sample(state: ReplayState, key: jax.Array, batch_size: int) -> PyTree:
-    """Draw `batch_size // T` items per task, uniform over its written slots: leaves `[T, batch_size // T, ...]`.
+def sample(state: ReplayState, key: jax.Array, batch_size: int) -> tuple[PyTree, jax.Array]:
+    """Draw `batch_size` items, task-balanced and uniform over each task's written slots.
 
-    Row t holds only task t's items (task-balanced). `batch_size` is static (a Python int). Sample only after the
-    first `add`: a task with no written slot has nothing to draw from (it would get its slot 0, which holds zeros).
+    Returns `(items, task_id)`: leaves `[B, ...]` and int32 `task_id [B]` (see `balanced_task_ids` for how the B rows
+    are shared between tasks). `batch_size` is static (a Python int) and at least the number of tasks. Sample only
+    after the first `add`: a task with no written slot has nothing to draw from (it would get its slot 0, which
+    holds zeros).
     """
     num_tasks, _ = _dims(state)
-    per_task = _per_task(batch_size, num_tasks, "sample")
-    indices = _uniform_below(key, state.size[:, None], (num_tasks, per_task))  # [T, B/T]
-    tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None]
-    return jax.tree.map(lambda stored: stored[tasks, indices], state.data)
+    task_key, index_key = jax.random.split(key)
+    task_id = balanced_task_ids(task_key, num_tasks, batch_size)  # [B]
+    slots = jax.random.randint(index_key, (batch_size,), 0, jnp.maximum(state.size[task_id], 1))
+    return jax.tree.map(lambda stored: stored[task_id, slots], state.data), task_id
 
 
-def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: int, stride: int) -> PyTree:
-    """Draw `batch_size // T` windows per task of `length` consecutive items of one env: leaves
-    `[T, batch_size // T, length, ...]`, oldest first (for n-step returns).
+def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: int, stride: int
+                   ) -> tuple[PyTree, jax.Array]:
+    """Draw `batch_size` windows of `length` consecutive items of one env, task-balanced as `sample`: returns
+    `(windows, task_id)` with leaves `[B, length, ...]`, oldest first (for n-step returns), and `task_id [B]`.
 
     `stride` is the number of items each `add` writes per task (E, the envs per task): one env's consecutive items
     lie `stride` slots apart, and stay so across the wrap when the capacity is a multiple of `stride`. A window's
@@ -110,7 +114,6 @@ def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: 
     items per env.
     """
     num_tasks, capacity = _dims(state)
-    per_task = _per_task(batch_size, num_tasks, "sample_windows")
     if length < 1 or stride < 1:
         raise ValueError(f"sample_windows: length={length} and stride={stride} must both be >= 1")
     span = (length - 1) * stride  # slots from a window's first item to its last
@@ -120,31 +123,36 @@ def sample_windows(state: ReplayState, key: jax.Array, batch_size: int, length: 
             f"{stride} slots apart: the capacity must be a multiple of the stride ({stride}, the envs per task) so "
             f"that one env's items stay {stride} apart across the wrap, and larger than {span}"
         )
+    task_key, index_key = jax.random.split(key)
+    task_id = balanced_task_ids(task_key, num_tasks, batch_size)  # [B]
     # Ages count back from the newest item (age 0); a window starting at age a ends at age a - span >= 0.
-    num_starts = jnp.maximum(state.size - span, 1)[:, None]  # [T, 1]
-    start_age = span + _uniform_below(key, num_starts, (num_tasks, per_task))  # [T, B/T]
-    first_slot = (state.pointer[:, None] - 1 - start_age) % capacity
-    slots = (first_slot[..., None] + stride * jnp.arange(length, dtype=jnp.int32)) % capacity  # [T, B/T, length]
-    chex.assert_shape(slots, (num_tasks, per_task, length))
-    tasks = jnp.arange(num_tasks, dtype=jnp.int32)[:, None, None]
-    return jax.tree.map(lambda stored: stored[tasks, slots], state.data)
+    num_starts = jnp.maximum(state.size[task_id] - span, 1)  # [B]
+    start_age = span + jax.random.randint(index_key, (batch_size,), 0, num_starts)  # [B]
+    first_slot = (state.pointer[task_id] - 1 - start_age) % capacity
+    slots = (first_slot[:, None] + stride * jnp.arange(length, dtype=jnp.int32)) % capacity  # [B, length]
+    chex.assert_shape(slots, (batch_size, length))
+    return jax.tree.map(lambda stored: stored[task_id[:, None], slots], state.data), task_id
 
 
-def _per_task(batch_size: int, num_tasks: int, caller: str) -> int:
-    if batch_size % num_tasks != 0:
+def balanced_task_ids(key: jax.Array, num_tasks: int, batch_size: int) -> jax.Array:
+    """int32 `[batch_size]`: which task each row of a batch is drawn from.
+
+    Every task gets `batch_size // T` rows (task-major, in task order); the remaining `batch_size % T` rows go to
+    that many distinct tasks drawn uniformly at random per call, so that over updates every task gets the same
+    expected share. Any batch of at least one row per task works: the paper's batch of 1024 on 3 tasks is 341 + 1/3
+    rows per task on average. With `batch_size % T == 0` the ids are fixed and the key is not used.
+    """
+    if not isinstance(batch_size, int) or batch_size < num_tasks:
         raise ValueError(
-            f"{caller}: batch_size {batch_size} is not divisible by the number of tasks {num_tasks}; the batch is "
-            f"task-balanced, so use a multiple of {num_tasks}."
+            f"batch_size={batch_size!r} must be an int of at least the number of tasks ({num_tasks}): every task "
+            "gets batch_size // T rows of each batch, the remainder goes to tasks chosen at random"
         )
-    return batch_size // num_tasks
-
-
-def _uniform_below(key: jax.Array, count: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """int32 `shape`, uniform over `[0, count)` (`count` broadcasts to `shape`; 0 where `count` is 0)."""
-    u = jax.random.uniform(key, shape)
-    # floor(u * count) < count for u < 1 in exact arithmetic; the clip guards float32 rounding, never an empty ring.
-    indices = jnp.floor(u * count).astype(jnp.int32)
-    return jnp.clip(indices, 0, jnp.maximum(count - 1, 0))
+    per_task, remainder = divmod(batch_size, num_tasks)
+    balanced = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), per_task)
+    if remainder == 0:
+        return balanced
+    extra = jax.random.permutation(key, num_tasks)[:remainder].astype(jnp.int32)
+    return jnp.concatenate([balanced, extra])
 
 
 def nbytes(example: PyTree, capacity: int) -> int:

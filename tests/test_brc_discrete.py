@@ -30,9 +30,11 @@ def make_state(config: brc_discrete.Config = CONFIG, seed: int = 0) -> brc_discr
 
 def make_batch(key: jax.Array) -> dict:
     k = jax.random.split(key, 5)
-    shape = (NUM_TASKS, PER_TASK)
-    legal = jnp.asarray(MASK)[:, None, :].repeat(PER_TASK, axis=1)
+    shape = (NUM_TASKS * PER_TASK,)
+    task_id = jnp.repeat(jnp.arange(NUM_TASKS, dtype=jnp.int32), PER_TASK)
+    legal = jnp.asarray(MASK)[task_id]
     return {
+        "task_id": task_id,
         "obs": jax.random.bernoulli(k[0], 0.3, (*shape, *GRID)).astype(jnp.uint8),
         "action": brc_discrete.random_action(k[1], legal),
         "reward": jax.random.uniform(k[2], shape),
@@ -250,8 +252,7 @@ def test_conv2d_equals_flax_conv(kernel_size, stride):
 
 @jax.jit
 def fixed_loss(state: brc_discrete.TrainState, batch: dict) -> jax.Array:
-    return brc_discrete.q_loss(state.params, state, brc_discrete.flatten_batch(batch),
-                               brc_discrete.reward_scale(state))[0]
+    return brc_discrete.q_loss(state.params, state, batch, brc_discrete.reward_scale(state))[0]
 
 
 def test_loss_decreases_and_target_moves_by_tau(batch):
@@ -289,30 +290,28 @@ def test_periodic_hard_target_copy(batch):
 def numpy_n_step(windows: dict, gamma: float) -> dict:
     """Float64 loop: sum rewards until (and including) the first step that ends an episode, bootstrap from there."""
     reward = np.asarray(windows["reward"], np.float64)
-    num_tasks, per_task, n = reward.shape
+    batch_size, n = reward.shape
     out = {name: [] for name in ("obs", "action", "reward", "next_obs", "terminal", "truncated", "discount")}
-    for t in range(num_tasks):
-        for b in range(per_task):
-            total, k = 0.0, 0
-            while True:
-                total += gamma**k * reward[t, b, k]
-                if windows["terminal"][t, b, k] or windows["truncated"][t, b, k] or k == n - 1:
-                    break
-                k += 1
-            out["obs"].append(windows["obs"][t, b, 0])
-            out["action"].append(windows["action"][t, b, 0])
-            out["reward"].append(total)
-            out["discount"].append(gamma ** (k + 1))
-            for name in ("next_obs", "terminal", "truncated"):
-                out[name].append(windows[name][t, b, k])
-    return {name: np.array(values).reshape(num_tasks, per_task, *np.shape(values[0]))
-            for name, values in out.items()}
+    for b in range(batch_size):
+        total, k = 0.0, 0
+        while True:
+            total += gamma**k * reward[b, k]
+            if windows["terminal"][b, k] or windows["truncated"][b, k] or k == n - 1:
+                break
+            k += 1
+        out["obs"].append(windows["obs"][b, 0])
+        out["action"].append(windows["action"][b, 0])
+        out["reward"].append(total)
+        out["discount"].append(gamma ** (k + 1))
+        for name in ("next_obs", "terminal", "truncated"):
+            out[name].append(windows[name][b, k])
+    return {name: np.array(values) for name, values in out.items()}
 
 
 def test_n_step_transitions_match_a_float64_reference():
     rng = np.random.default_rng(7)
-    num_tasks, per_task, n, gamma = 2, 64, 4, 0.9
-    shape = (num_tasks, per_task, n)
+    batch_size, n, gamma = 128, 4, 0.9
+    shape = (batch_size, n)
     windows = {"obs": rng.integers(0, 255, (*shape, 3), dtype=np.uint8), "action": rng.integers(0, 6, shape),
                "reward": rng.normal(size=shape).astype(np.float32),
                "next_obs": rng.integers(0, 255, (*shape, 3), dtype=np.uint8),
@@ -330,11 +329,13 @@ def test_n_step_transitions_match_a_float64_reference():
 
 
 def test_one_step_windows_give_the_plain_one_step_update(batch):
-    windows = jax.tree.map(lambda x: x[:, :, None], batch)
+    transitions = {name: value for name, value in batch.items() if name != "task_id"}
+    windows = jax.tree.map(lambda x: x[:, None], transitions)
     folded = brc_discrete.n_step_transitions(windows, CONFIG.gamma)
     np.testing.assert_allclose(folded["discount"], CONFIG.gamma, rtol=1e-6)
-    for name in batch:
+    for name in transitions:
         np.testing.assert_array_equal(folded[name], batch[name])
+    folded["task_id"] = batch["task_id"]
     state = make_state()
     plain, _ = update(state, batch)
     n_step, _ = update(state, folded)
@@ -359,8 +360,8 @@ def test_config_errors_name_the_bad_value():
         brc_discrete.Config(n_step=3, replay_capacity=1001, envs_per_task=2)
     with pytest.raises(ValueError, match=r"random_steps=3 must be at least \(n_step - 1\) \* envs_per_task = 4"):
         brc_discrete.Config(n_step=3, random_steps=3, envs_per_task=2)
-    with pytest.raises(ValueError, match="batch_size=15 is not divisible by the number of tasks 2"):
-        make_state(dataclasses.replace(CONFIG, batch_size=15))
+    with pytest.raises(ValueError, match="batch_size=1 is smaller than the number of tasks 2"):
+        make_state(dataclasses.replace(CONFIG, batch_size=1))
     with pytest.raises(ValueError, match=r"tasks \[1\] have none"):
         brc_discrete.init(jax.random.PRNGKey(0), CONFIG, obs_shape=GRID, num_actions=2, num_tasks=2,
                           action_mask=[[True, False], [False, False]])

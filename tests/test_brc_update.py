@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from purejaxmt import brc, nets
+from purejaxmt import brc, nets, normalize
 
 NUM_TASKS, PER_TASK, OBS_DIM, ACTION_DIM = 3, 16, 8, 3
 CONFIG = brc.Config(critic_width=64, critic_depth=1, actor_width=32, num_bins=51, batch_size=NUM_TASKS * PER_TASK)
@@ -16,8 +16,9 @@ CONFIG = brc.Config(critic_width=64, critic_depth=1, actor_width=32, num_bins=51
 
 def make_batch(key: jax.Array) -> dict:
     k = jax.random.split(key, 5)
-    shape = (NUM_TASKS, PER_TASK)
+    shape = (NUM_TASKS * PER_TASK,)
     return {
+        "task_id": jnp.repeat(jnp.arange(NUM_TASKS, dtype=jnp.int32), PER_TASK),
         "obs": jax.random.normal(k[0], (*shape, OBS_DIM)),
         "action": jax.random.uniform(k[1], (*shape, ACTION_DIM), minval=-1, maxval=1),
         "reward": jax.random.uniform(k[2], shape),
@@ -40,7 +41,7 @@ def batch():
 
 
 def fixed_critic_loss(state: brc.TrainState, batch: dict) -> float:
-    loss, _ = brc.critic_loss(state.critic_params, state, brc.flatten_batch(batch), brc.reward_scale(state),
+    loss, _ = brc.critic_loss(state.critic_params, state, batch, brc.reward_scale(state),
                               jax.random.PRNGKey(7))
     return float(loss)
 
@@ -77,7 +78,7 @@ def test_task_embedding_is_trained_by_the_critic_loss_alone(batch):
     new_state, _ = update(state, batch)
 
     _, critic_key, _ = jax.random.split(state.key, 3)
-    grads = jax.grad(lambda p: brc.critic_loss(p, state, brc.flatten_batch(batch), brc.reward_scale(state),
+    grads = jax.grad(lambda p: brc.critic_loss(p, state, batch, brc.reward_scale(state),
                                                critic_key)[0])(state.critic_params)
     optimizer = optax.adamw(CONFIG.learning_rate, weight_decay=CONFIG.weight_decay)
     updates, _ = optimizer.update(grads, optimizer.init(state.critic_params), state.critic_params)
@@ -94,12 +95,11 @@ def test_task_embedding_is_trained_by_the_critic_loss_alone(batch):
     assert float(jnp.abs(embedding_table(new_state.critic_params) - embedding_table(state.critic_params)).max()) > 0
 
     # The actor loss has no gradient path into the embedding through the actor's input.
-    flat = brc.flatten_batch(batch)
     critic, actor = brc._networks(CONFIG, ACTION_DIM, NUM_TASKS)
 
     def actor_input_path(critic_params):
-        task_embedding = jax.lax.stop_gradient(critic.apply(critic_params, flat["task_id"], method=nets.Critic.embed))
-        mean, _ = actor.apply(state.actor_params, flat["obs"], task_embedding)
+        task_embedding = jax.lax.stop_gradient(critic.apply(critic_params, batch["task_id"], method=nets.Critic.embed))
+        mean, _ = actor.apply(state.actor_params, batch["obs"], task_embedding)
         return mean.sum()
 
     grad = jax.grad(actor_input_path)(state.critic_params)
@@ -141,11 +141,39 @@ def test_vmap_over_seeds_gives_independent_learners(batch):
                  states.critic_params, single.critic_params)
 
 
+def test_entropy_correction_is_a_non_negative_term_under_both_rules():
+    """`fixed` adds alpha * (|A|/4) / (1 - gamma) to each task's return range, as the authors' normaliser does
+    (`- alpha * target_entropy / 2 / (1 - gamma)` with the target -|A|/2); `policy` adds alpha * |H| / (1 - gamma)
+    with H the policy's entropy, starting from the target entropy, and never shrinks the denominator."""
+    state = make_state()
+    returns = jnp.asarray([2.0, 5.0, 9.0])[:, None]  # one-step episodes: G_i = |r|
+    ended = jnp.ones((NUM_TASKS, 1), bool)
+    normalizer = jax.jit(normalize.update)(state.normalizer, returns, ended, ~ended, CONFIG.gamma)
+    state = state.replace(normalizer=normalizer)
+    alpha, horizon, g = CONFIG.init_temperature, 1.0 / (1.0 - CONFIG.gamma), np.array([2.0, 5.0, 9.0])
+
+    def scale(rule, policy_entropy=None):
+        s = state.replace(config=dataclasses.replace(CONFIG, entropy_correction=rule))
+        if policy_entropy is not None:
+            s = s.replace(policy_entropy=jnp.asarray(policy_entropy, jnp.float32))
+        return np.asarray(brc.reward_scale(s))
+
+    np.testing.assert_allclose(scale("none"), CONFIG.v_max / g, rtol=1e-5)
+    np.testing.assert_allclose(scale("fixed"), CONFIG.v_max / (g + alpha * ACTION_DIM / 4 * horizon), rtol=1e-5)
+    # Before any update the policy's entropy stands at its target, -|A|/2: a term of alpha * |A|/2 * horizon.
+    np.testing.assert_allclose(state.policy_entropy, CONFIG.target_entropy_per_dim * ACTION_DIM)
+    np.testing.assert_allclose(scale("policy"), CONFIG.v_max / (g + alpha * ACTION_DIM / 2 * horizon), rtol=1e-5)
+    # A policy entropy of -|A|/4 (or +|A|/4) gives exactly the fixed rule's term.
+    for entropy in (-ACTION_DIM / 4, ACTION_DIM / 4):
+        np.testing.assert_allclose(scale("policy", entropy), scale("fixed"), rtol=1e-6)
+    assert (scale("policy", -3.0) < scale("none")).all() and (scale("fixed") < scale("none")).all()
+
+
 def test_config_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="tau=1.5"):
         brc.Config(tau=1.5)
     with pytest.raises(ValueError, match="compute_dtype='fp8'"):
         brc.Config(compute_dtype="fp8")
-    with pytest.raises(ValueError, match="batch_size=100 is not divisible by the number of tasks 3"):
-        brc.init(jax.random.PRNGKey(0), dataclasses.replace(CONFIG, batch_size=100), obs_dim=OBS_DIM,
+    with pytest.raises(ValueError, match="batch_size=2 is smaller than the number of tasks 3"):
+        brc.init(jax.random.PRNGKey(0), dataclasses.replace(CONFIG, batch_size=2), obs_dim=OBS_DIM,
                  action_dim=ACTION_DIM, num_tasks=3)

@@ -294,6 +294,37 @@ def test_bfloat16_compute_gives_float32_outputs_close_to_float32(critic_params, 
     np.testing.assert_allclose(np.asarray(log_std16), np.asarray(log_std32), atol=0.3)
 
 
+def _dot_operand_dtypes(fn, *args) -> list[tuple[str, ...]]:
+    """The operand dtypes of every matmul (`dot_general`) in the traced `fn`, in program order."""
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield tuple(str(v.aval.dtype) for v in eqn.invars)
+            for param in eqn.params.values():  # nested jaxprs (pjit, custom_jvp, ...), closed or open
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from walk(inner)
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_bfloat16_runs_the_hidden_matmuls_in_bf16_and_the_output_layer_in_float32(depth):
+    """Mixed precision: hidden layers in the compute dtype, the output projection (the logits) in float32."""
+    net = nets.BroNet(width=16, depth=depth, out_dim=BINS, dtype=jnp.bfloat16)
+    x = jnp.ones((BATCH, OBS), jnp.float32)
+    params = net.init(make_key(0), x)
+    dtypes = _dot_operand_dtypes(net.apply, params, x)
+    assert len(dtypes) == 2 + 2 * depth, dtypes
+    assert all(d == ("bfloat16", "bfloat16") for d in dtypes[:-1]), dtypes
+    assert dtypes[-1] == ("float32", "float32"), dtypes
+    # The same holds inside the critic ensemble and the Q-network's trunk.
+    obs, action, task_ids = critic_inputs()
+    critic16 = make_critic(dtype=jnp.bfloat16)
+    critic_dtypes = _dot_operand_dtypes(critic16.apply, critic16.init(make_key(0), obs, action, task_ids), obs,
+                                        action, task_ids)
+    assert critic_dtypes[-1] == ("float32", "float32") and ("bfloat16", "bfloat16") in critic_dtypes
+
+
 # ------------------------------------------------------------------------------------------------ parameter counts
 
 

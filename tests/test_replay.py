@@ -66,25 +66,65 @@ def test_fill_then_wrap_overwrites_the_oldest_items_in_order():
         np.testing.assert_array_equal(state.data["item"][t], [14, 8, 9, 10, 11, 12, 13])
 
 
+def _by_task(batch: dict, task_id: jax.Array, num_tasks: int) -> list[np.ndarray]:
+    """The sampled items of each task."""
+    task_id = np.asarray(task_id)
+    return [np.asarray(batch["item"])[task_id == t] for t in range(num_tasks)]
+
+
 def test_sample_is_task_balanced():
     num_tasks, per_task = 3, 200
     state = _fill(num_tasks, envs_per_task=4, capacity=8, num_adds=3)
-    batch = _sample(state, jax.random.key(0), batch_size=num_tasks * per_task)
-    assert batch["task"].shape == (num_tasks, per_task)
-    for t in range(num_tasks):
-        np.testing.assert_array_equal(batch["task"][t], t)  # row t comes only from task t
+    batch, task_id = _sample(state, jax.random.key(0), batch_size=num_tasks * per_task)
+    assert batch["task"].shape == task_id.shape == (num_tasks * per_task,)
+    np.testing.assert_array_equal(batch["task"], task_id)  # each row comes from the task it names
+    np.testing.assert_array_equal(np.bincount(np.asarray(task_id)), [per_task] * num_tasks)
+
+
+def test_a_batch_not_divisible_by_the_tasks_spreads_the_remainder_evenly():
+    """The paper's batch of 1024 on 3 tasks: 341 rows each, and the one left over goes to a random task, so that
+    every task's expected share is 1024 / 3."""
+    num_tasks, batch_size, num_draws = 3, 1024, 600
+    state = _fill(num_tasks, envs_per_task=4, capacity=8, num_adds=3)
+    sample = jax.jit(jax.vmap(partial(replay.sample, batch_size=batch_size), in_axes=(None, 0)))
+    batch, task_id = sample(state, jax.random.split(jax.random.key(3), num_draws))
+    np.testing.assert_array_equal(batch["task"], task_id)
+    counts = np.stack([np.bincount(np.asarray(row), minlength=num_tasks) for row in task_id])  # [draws, T]
+    assert set(counts.ravel().tolist()) == {341, 342} and (counts.sum(axis=1) == batch_size).all()
+    # The extra row's task: Binomial(600, 1/3) per task, mean 200, std 11.5; 60 is more than 5 std.
+    np.testing.assert_allclose((counts == 342).sum(axis=0), num_draws / num_tasks, atol=60)
+
+    # With 5 rows over 3 tasks the 2 extra rows go to 2 different tasks.
+    task_id = jax.jit(jax.vmap(partial(replay.balanced_task_ids, num_tasks=3, batch_size=5)))(
+        jax.random.split(jax.random.key(4), 50))
+    for row in np.asarray(task_id):
+        assert sorted(np.bincount(row, minlength=3).tolist()) == [1, 2, 2]
 
 
 def test_sample_is_uniform_over_written_slots():
     # Half the ring written: 5 items per task into C = 10.
     num_tasks, per_task = 2, 5000
     state = _fill(num_tasks, envs_per_task=5, capacity=10, num_adds=1)
-    batch = _sample(state, jax.random.key(1), batch_size=num_tasks * per_task)
-    for t in range(num_tasks):
-        counts = np.bincount(np.asarray(batch["item"][t]), minlength=5)
+    batch, task_id = _sample(state, jax.random.key(1), batch_size=num_tasks * per_task)
+    for items in _by_task(batch, task_id, num_tasks):
+        counts = np.bincount(items, minlength=5)
         assert counts.shape == (5,), f"sampled an unwritten slot: counts {counts}"
         # Each count is Binomial(5000, 0.2): mean 1000, std 28; 150 is more than 5 std.
         np.testing.assert_allclose(counts, per_task / 5, atol=150)
+
+
+def test_slots_of_a_large_ring_are_drawn_as_integers():
+    """Slot indices are integers, not floor(u * size) of a float32 u: in a ring of 2**24 items that draws only even
+    slots (u has 2**23 levels in [0.5, 1)), and no slot past 2**24 at all."""
+    size = 2**24 + 2**22
+    state = replay.ReplayState(data={"item": jnp.arange(size, dtype=jnp.int32)[None]},
+                               pointer=jnp.zeros((1,), jnp.int32), size=jnp.full((1,), size, jnp.int32))
+    batch, _ = replay.sample(state, jax.random.key(5), batch_size=4096)
+    items = np.asarray(batch["item"])
+    assert (items >= 0).all() and (items < size).all()
+    assert 1800 < (items % 2).sum() < 2300  # odd slots are drawn as often as even ones
+    assert 600 < (items >= 2**24).sum() < 1050  # slots past 2**24 are drawn (a fifth of the ring)
+    assert 1800 < (items >= size // 2).sum() < 2300
 
 
 # A few fixed (T, E, C) shapes so that hypothesis examples reuse the compiled add/sample.
@@ -101,13 +141,13 @@ def test_never_samples_an_unwritten_slot(shape, num_adds, seed):
     np.testing.assert_array_equal(state.size, min(written, capacity))
     np.testing.assert_array_equal(state.pointer, written % capacity)
 
-    batch = _sample(state, jax.random.key(seed), batch_size=num_tasks * PER_TASK)
+    batch, task_id = _sample(state, jax.random.key(seed), batch_size=num_tasks * PER_TASK + 1)
     items = np.asarray(batch["item"])
-    assert items.shape == (num_tasks, PER_TASK)
+    assert items.shape == (num_tasks * PER_TASK + 1,)
     assert (items != SENTINEL).all()
     # Only the newest `capacity` items are still in the ring.
     assert (items >= max(written - capacity, 0)).all() and (items < written).all()
-    np.testing.assert_array_equal(batch["task"], np.arange(num_tasks)[:, None] + np.zeros_like(items))
+    np.testing.assert_array_equal(batch["task"], task_id)
 
 
 def test_uint8_and_bool_are_stored_and_sampled_as_they_are():
@@ -126,12 +166,11 @@ def test_uint8_and_bool_are_stored_and_sampled_as_they_are():
     np.testing.assert_array_equal(state.data["obs"], batch["obs"])  # C == E: the ring is exactly the batch
     np.testing.assert_array_equal(state.data["terminal"], batch["terminal"])
 
-    sampled = _sample(state, jax.random.key(0), batch_size=num_tasks * 8)
+    sampled, task_id = _sample(state, jax.random.key(0), batch_size=num_tasks * 8)
     assert sampled["obs"].dtype == jnp.uint8 and sampled["terminal"].dtype == jnp.bool_
-    for t in range(num_tasks):  # every sampled item is bit-for-bit one of that task's items
+    for row, t in zip(np.asarray(sampled["obs"]).reshape(num_tasks * 8, -1), np.asarray(task_id)):
         stored = np.asarray(state.data["obs"][t]).reshape(envs_per_task, -1)
-        for row in np.asarray(sampled["obs"][t]).reshape(8, -1):
-            assert (stored == row).all(axis=1).any()
+        assert (stored == row).all(axis=1).any()  # every sampled item is bit-for-bit one of its task's items
 
 
 def test_vmap_over_seeds_gives_different_samples():
@@ -148,20 +187,20 @@ def test_vmap_over_seeds_gives_different_samples():
     np.testing.assert_array_equal(states.size, capacity)
 
     keys = jax.random.split(jax.random.key(0), num_seeds)
-    items = np.asarray(sample(states, keys)["item"])  # [S, T, B/T]
-    assert items.shape == (num_seeds, num_tasks, per_task)
+    items = np.asarray(sample(states, keys)[0]["item"])  # [S, B]
+    assert items.shape == (num_seeds, num_tasks * per_task)
     for a in range(num_seeds):
         for b in range(a + 1, num_seeds):
             assert not np.array_equal(items[a], items[b]), f"seeds {a} and {b} drew the same sample"
     # vmap changes nothing per seed.
     one = jax.tree.map(lambda x: x[1], states)
-    np.testing.assert_array_equal(items[1], replay.sample(one, keys[1], num_tasks * per_task)["item"])
+    np.testing.assert_array_equal(items[1], replay.sample(one, keys[1], num_tasks * per_task)[0]["item"])
 
 
-def test_batch_size_not_divisible_by_tasks_names_both_numbers():
+def test_a_batch_smaller_than_the_task_count_names_both_numbers():
     state = _fill(3, 1, 4, 1)
-    with pytest.raises(ValueError, match=r"batch_size 10 .* number of tasks 3"):
-        replay.sample(state, jax.random.key(0), 10)
+    with pytest.raises(ValueError, match=r"batch_size=2 .* number of tasks \(3\)"):
+        replay.sample(state, jax.random.key(0), 2)
 
 
 def test_more_items_per_task_than_capacity_is_an_error():
@@ -206,11 +245,11 @@ def test_windows_are_consecutive_items_of_one_env_and_cover_every_valid_start(nu
     """Item k * E + e is env e's step k. A ring of 12 slots and 3 envs keeps the last 4 steps of each env."""
     num_tasks, envs_per_task, capacity = 2, 3, 12
     state = _fill(num_tasks, envs_per_task, capacity, num_adds)
-    windows = _sample_windows(state, jax.random.PRNGKey(num_adds), batch_size=2 * 3000, length=length,
-                              stride=envs_per_task)
-    item, task = np.asarray(windows["item"]), np.asarray(windows["task"])
-    assert item.shape == (num_tasks, 3000, length)
-    assert (task == np.arange(num_tasks)[:, None, None]).all()
+    windows, task_id = _sample_windows(state, jax.random.PRNGKey(num_adds), batch_size=2 * 3000 + 1, length=length,
+                                       stride=envs_per_task)
+    item, task, task_id = np.asarray(windows["item"]), np.asarray(windows["task"]), np.asarray(task_id)
+    assert item.shape == (2 * 3000 + 1, length)
+    assert (task == task_id[:, None]).all()
     assert (item != SENTINEL).all()
     env, step = item % envs_per_task, item // envs_per_task
     assert (env == env[..., :1]).all()  # one env per window
@@ -218,7 +257,8 @@ def test_windows_are_consecutive_items_of_one_env_and_cover_every_valid_start(nu
     oldest_kept = max(0, num_adds - capacity // envs_per_task)
     expected_starts = {(e, s) for e in range(envs_per_task) for s in range(oldest_kept, num_adds - length + 1)}
     for t in range(num_tasks):
-        assert set(zip(env[t, :, 0].tolist(), step[t, :, 0].tolist())) == expected_starts
+        rows = task_id == t
+        assert set(zip(env[rows, 0].tolist(), step[rows, 0].tolist())) == expected_starts
 
 
 def test_windows_need_a_capacity_that_keeps_envs_aligned():

@@ -31,7 +31,7 @@ def env():
 def compiled_chunk(env):
     """The vmapped chunk over 2 seeds, compiled once for the module."""
     states = runner.init_states(brc, AGENT, env, RUN)
-    return jax.jit(jax.vmap(brc.train_chunk)).lower(states).compile(compiler_options=FAST_COMPILE)
+    return jax.jit(runner.vmap_train_chunk(brc, states)).lower(states).compile(compiler_options=FAST_COMPILE)
 
 
 def run_chunks(compiled_chunk, env, run_config, n):
@@ -84,6 +84,42 @@ def test_vmapped_seed_equals_a_single_unvmapped_run(compiled_chunk, env):
         assert chunk["env_steps"][1] == single["env_steps"]
 
 
+def _subjaxprs(eqn):
+    for param in eqn.params.values():
+        for inner in param if isinstance(param, (tuple, list)) else (param,):
+            inner = getattr(inner, "jaxpr", inner)
+            if hasattr(inner, "eqns"):
+                yield inner
+
+
+def _primitives(jaxpr) -> list[str]:
+    """Names of every primitive in a jaxpr, nested jaxprs (scan bodies, cond branches, pjit) included."""
+    return [name for eqn in jaxpr.eqns
+            for name in (eqn.primitive.name, *(n for inner in _subjaxprs(eqn) for n in _primitives(inner)))]
+
+
+def _conds_around_matmuls(jaxpr) -> int:
+    """How many `cond`s have a branch with a matmul in it (in the chunk: the one that skips the updates)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cond" and any("dot_general" in _primitives(b.jaxpr) for b in eqn.params["branches"]):
+            count += 1
+        count += sum(_conds_around_matmuls(inner) for inner in _subjaxprs(eqn))
+    return count
+
+
+def test_vmapped_chunk_keeps_the_update_cond_a_cond(env):
+    """The iteration and update counters are lockstep (unbatched) in the runner's state, so the cond that skips the
+    updates during the random phase is still a cond under the seed vmap, not a select that runs them anyway."""
+    states = runner.init_states(brc, AGENT, env, RUN)
+    assert states.iteration.shape == () and states.num_updates.shape == ()
+    assert states.log_temperature.shape == (RUN.seeds,)
+    vmapped = jax.make_jaxpr(runner.vmap_train_chunk(brc, states))(states).jaxpr
+    single = jax.make_jaxpr(brc.train_chunk)(brc.init(jax.random.PRNGKey(0), AGENT, env)).jaxpr
+    assert _conds_around_matmuls(single) == 1
+    assert _conds_around_matmuls(vmapped) == 1, "under vmap the update cond became a select"
+
+
 def _rows(run_dir, chunk):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["chunk"] == chunk]
@@ -105,12 +141,12 @@ def test_kill_and_resume_gives_the_same_run(tmp_path):
     config = json.loads((resumed / "config.json").read_text())
     assert config["agent_config"]["critic_width"] == AGENT.critic_width and config["run"]["tasks"] == TASKS
 
-    # A checkpoint written for another train-state layout (here: a normaliser without max_abs_reward) is refused.
+    # A checkpoint written for another train-state layout (here: a state without log_temperature) is refused.
     layout_path = resumed / runner.STATE_LAYOUT
     layout = json.loads(layout_path.read_text())
-    assert any(".normalizer.max_abs_reward" in leaf for leaf in layout)
-    layout_path.write_text(json.dumps([leaf for leaf in layout if ".normalizer.max_abs_reward" not in leaf]))
-    with pytest.raises(ValueError, match=r"another train-state layout.*max_abs_reward"):
+    assert any(".log_temperature" in leaf for leaf in layout)
+    layout_path.write_text(json.dumps([leaf for leaf in layout if ".log_temperature" not in leaf]))
+    with pytest.raises(ValueError, match=r"another train-state layout.*log_temperature"):
         runner.run("test", brc, AGENT, dataclasses.replace(RUN), resume=resumed)
 
 
@@ -122,9 +158,10 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
         dataclasses.replace(AGENT, envs_per_task=0)
     with pytest.raises(ValueError, match="xla_optimization_level=4"):
         dataclasses.replace(RUN, xla_optimization_level=4)
-    with pytest.raises(ValueError, match="batch_size=16 is not divisible by the number of tasks 3"):
-        runner.run("test", brc, AGENT, dataclasses.replace(RUN, tasks="cartpole-balance,cartpole-swingup,"
-                                                               "pendulum-swingup"), run_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="batch_size=2 is smaller than the number of tasks 3"):
+        runner.run("test", brc, dataclasses.replace(AGENT, batch_size=2),
+                   dataclasses.replace(RUN, tasks="cartpole-balance,cartpole-swingup,pendulum-swingup"),
+                   run_dir=tmp_path / "b")
     with pytest.raises(ValueError, match=r"minimal_action_set=True does not apply to tasks \['cartpole-balance'\]"):
         runner.run("test", brc, AGENT, dataclasses.replace(RUN, minimal_action_set=True), run_dir=tmp_path / "c")
     assert not any((tmp_path / name).exists() for name in "abc")

@@ -133,24 +133,26 @@ class GymnaxFamily(Family):
         obs = jax.eval_shape(lambda key: self.env.reset_env(key, self.params)[0], jax.random.PRNGKey(0))
         self.obs_shape = tuple(obs.shape)
         self.obs_dtype = np.dtype(np.uint8) if is_minatar(task_name) else np.dtype(obs.dtype)
+        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
+        self._reset_envs = vmap_envs(self._reset_one)
+        self._step_envs = vmap_envs(self._step_one)
 
     def _obs(self, obs: jax.Array) -> jax.Array:
         return obs.astype(self.obs_dtype)
 
-    def reset(self, keys):
-        def one_env(key):
-            obs, state = self.env.reset_env(key, self.params)
-            return state, self._obs(obs)
+    def _reset_one(self, key):
+        obs, state = self.env.reset_env(key, self.params)
+        return state, self._obs(obs)
 
-        return vmap_envs(one_env)(keys)
+    def _step_one(self, key, state, action):
+        obs, state, reward, terminated, _ = self.env.step_env(key, state, action, self.params)
+        return state, self._obs(obs), jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, bool)
+
+    def reset(self, keys):
+        return self._reset_envs(keys)
 
     def step(self, inner: Any, action: jax.Array, keys: jax.Array):
         action = action.astype(jnp.int32)
         action = jnp.where((action >= 0) & (action < self.num_actions), action, 0)  # illegal -> action 0
-
-        def one_env(key, state, action):
-            obs, state, reward, terminated, _ = self.env.step_env(key, state, action, self.params)
-            return state, self._obs(obs), jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, bool)
-
-        inner, obs, reward, terminal = vmap_envs(one_env)(keys, inner, action)
+        inner, obs, reward, terminal = self._step_envs(keys, inner, action)
         return inner, obs, reward, terminal, jnp.zeros(terminal.shape, bool)

@@ -106,14 +106,17 @@ class PlaygroundFamily(Family):
         self.action_size = int(self.env.action_size)
         self.episode_length = int(self.env._config.episode_length)
         self.pooled_reset = True  # every MJX reset runs a forward pass; some (cheetah) run hundreds of steps
+        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
+        self._reset_envs = vmap_envs(self.env.reset)
+        self._step_envs = vmap_envs(self.env.step)
 
     def reset(self, keys):
-        state = vmap_envs(self.env.reset)(keys)
+        state = self._reset_envs(keys)
         return state, state.obs
 
     def step(self, inner, action, keys):
         del keys  # Playground's DM Control steps are deterministic.
-        state = vmap_envs(self.env.step)(inner, action)
+        state = self._step_envs(inner, action)
         return state, state.obs, state.reward, state.done > 0, jnp.zeros(state.done.shape, bool)
 
     def finite(self, inner):
@@ -149,20 +152,22 @@ class HumanoidFamily(Family):
         self.action_size = int(self.env.action_size)
         self.episode_length = int(self.env._config.episode_length)
         self.pooled_reset = True  # the reset runs an MJX forward pass: keep it out of the step program
+        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
+        self._reset_envs = vmap_envs(self.env.reset)
+        self._step_envs = vmap_envs(self._step_one)
+
+    def _step_one(self, data, action, move_speed):
+        data = mjx_env.step(self.env.mjx_model, data, action, self.env.n_substeps)
+        return data, self.env._get_obs(data, {}), humanoid_reward(self.env, data, action, move_speed)
 
     def reset(self, keys):
-        state = vmap_envs(self.env.reset)(keys)  # deterministic in Playground 0.2.0; the keys flow in regardless
+        state = self._reset_envs(keys)  # deterministic in Playground 0.2.0; the keys flow in regardless
         move_speed = jnp.broadcast_to(jnp.asarray(self.move_speeds)[:, None], keys.shape[:2])
         return HumanoidState(data=state.data, move_speed=move_speed), state.obs
 
     def step(self, inner, action, keys):
         del keys  # the physics is deterministic
-
-        def one_env(data, action, move_speed):
-            data = mjx_env.step(self.env.mjx_model, data, action, self.env.n_substeps)
-            return data, self.env._get_obs(data, {}), humanoid_reward(self.env, data, action, move_speed)
-
-        data, obs, reward = vmap_envs(one_env)(inner.data, action, inner.move_speed)
+        data, obs, reward = self._step_envs(inner.data, action, inner.move_speed)
         no = jnp.zeros(reward.shape, bool)
         return inner.replace(data=data), obs, reward, no, no
 
