@@ -55,15 +55,16 @@ PRESETS = {
         # depth-1 trunk and 51 atoms make an update on a 128-transition batch 12-20 ms, and the 4 games' envs cost
         # 0.25 ms per iteration (65k env steps/s at 4 envs per game), so the update is the whole cost: one update per
         # iteration of 4 envs per game runs at 20-29 ms per iteration, 550-800 env steps/s over the 4 games.
-        # 100k env steps per game took 19 min 24 s of training with 3 seeds vmapped (docs/results.md), plus ~65 s of
-        # compile. The normaliser's reward floor makes Freeway learnable at this budget, 3-step returns make it learn
-        # in every seed (docs/results.md), as well as Breakout and SpaceInvaders; Asterix needs ~200k+ steps (gpu).
+        # 100k env steps per game took 16 min 21 s of training with 3 seeds vmapped (docs/results.md, session 5), plus
+        # ~60 s of compile. With the authors' return range (a normaliser scaled by the first-step return could not
+        # learn Freeway here) and 3-step returns, Breakout, Freeway and SpaceInvaders learn in every seed;
+        # Asterix needs ~200k+ steps (gpu).
         agent=brc_discrete.Config(width=256, depth=1, conv_channels=(16,), conv_kernel_sizes=(3,), conv_strides=(1,),
                                   num_bins=51, n_step=3, batch_size=128, envs_per_task=4, updates_per_step=1,
                                   replay_capacity=100_000, random_steps=5_000, epsilon_decay_steps=50_000,
                                   total_steps=100_000, steps_per_chunk=10_000, eval_episodes=4),
         run=runner.RunConfig(tasks="minatar", eval_every=5, checkpoint_every=5, xla_optimization_level=1),
-        description="small network, 100k env steps per game: about 20 minutes on a 2-core CPU"),
+        description="small network, 100k env steps per game: about 17 minutes on a 2-core CPU"),
     "smoke": runner.Preset(
         agent=brc_discrete.Config(width=32, depth=1, embed_dim=8, conv_channels=(8,), conv_kernel_sizes=(3,),
                                   conv_strides=(1,), num_bins=21, batch_size=16, envs_per_task=2, updates_per_step=1,

@@ -209,7 +209,7 @@ def scale(
 ) -> jax.Array:
     """Per-task reward scale `[T]`: `v_max / (G_i + entropy_correction)` where task i has a finished episode, else 1.0.
 
-    `entropy_correction` is a scalar or `[T]` (BRC: `alpha * H / (1 - gamma)`). A task whose denominator is not
+    `entropy_correction` is a scalar or `[T]` (BRC: `alpha * |H| / (1 - gamma)`). A task whose denominator is not
     positive (every return-to-go so far exactly 0 and no correction) also keeps 1.0 rather than an infinite
     scale: like a task with no episode yet, it has no return range to normalise by.
     """

@@ -156,10 +156,20 @@ def runs_axes(state: Any) -> Any:
     """The `vmap` axes of a batched run state: 0 (the runs axis) for every leaf but the agent's `LOCKSTEP_FIELDS`,
     which are None: iteration and update counters are the same in every run, so they stay unbatched scalars, and a
     `lax.cond` on them (skip the updates during the random phase) stays a cond under `vmap`. Measured on the 2-core
-    CPU: with the counter batched, the cond became a select and a random-phase iteration cost 91 ms instead of 14.
-    Works on concrete and abstract states alike."""
+    CPU before this: with the counter batched, the cond became a select and a random-phase iteration cost 91 ms
+    instead of 14 (docs/results.md). Works on concrete and abstract states alike."""
     axes = jax.tree.map(lambda _: 0, state)
-    return axes.replace(**{name: None for name in getattr(type(state), "LOCKSTEP_FIELDS", ())})
+    return axes.replace(**{name: None for name in _lockstep_fields(state)})
+
+
+def _lockstep_fields(state: Any) -> tuple[str, ...]:
+    return getattr(type(state), "LOCKSTEP_FIELDS", ())
+
+
+def _batched_init(agent: ModuleType, agent_config: Any, env: Any, keys: jax.Array) -> Any:
+    """`agent.init` vmapped over the seed keys, its lockstep fields taken from the first run (they are equal)."""
+    state = jax.vmap(lambda key: agent.init(key, agent_config, env))(keys)
+    return state.replace(**{name: getattr(state, name)[0] for name in _lockstep_fields(state)})
 
 
 def vmap_train_chunk(agent: ModuleType, state: Any) -> Callable:
@@ -178,8 +188,7 @@ def init_states(agent: ModuleType, agent_config: Any, env: Any, run_config: RunC
     # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers and an MJX reset
     # never completed its execution (a runtime deadlock, seen on 2 cores); op-by-op init costs a few seconds once,
     # and env.reset inside it is jitted on its own.
-    state = jax.vmap(lambda key: agent.init(key, agent_config, env))(seed_keys(run_config))
-    state = state.replace(**{name: getattr(state, name)[0] for name in getattr(type(state), "LOCKSTEP_FIELDS", ())})
+    state = _batched_init(agent, agent_config, env, seed_keys(run_config))
     # Op-by-op init can hand out one buffer twice (the target critic starts as the online critic): give every leaf
     # its own buffer, since the chunk donates them all.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
@@ -198,9 +207,7 @@ def abstract_run(agent: ModuleType, agent_config: Any, run_config: RunConfig, en
     Returns the shapes `{"state", "metrics", "evaluation"}`; raises whatever a real run would raise at start."""
     env = make_env(run_config) if env is None else env
     keys = seed_keys(run_config)
-    state = jax.eval_shape(jax.vmap(lambda key: agent.init(key, agent_config, env)), keys)
-    state = state.replace(**{name: jax.ShapeDtypeStruct(getattr(state, name).shape[1:], getattr(state, name).dtype)
-                             for name in getattr(type(state), "LOCKSTEP_FIELDS", ())})
+    state = jax.eval_shape(lambda keys: _batched_init(agent, agent_config, env, keys), keys)
     state_out, metrics = jax.eval_shape(vmap_train_chunk(agent, state), state)
     evaluation = jax.eval_shape(vmap_evaluate(agent, state), state, keys)
     return {"state": state_out, "metrics": metrics, "evaluation": evaluation}

@@ -16,6 +16,17 @@ _project = jax.jit(categorical.project)
 _expectation = jax.jit(categorical.expectation)
 
 
+# Supports the projection must handle exactly, `make_support`'s and one whose float32 rounding makes its gaps unequal.
+SUPPORTS = {
+    "K2": categorical.make_support(2, -10.0, 10.0),
+    "K5": categorical.make_support(5, -1.0, 1.0),
+    "K101": categorical.make_support(101, -10.0, 10.0),
+    "K51-shifted": categorical.make_support(51, -3.3, 17.1),
+    "K101-wide": categorical.make_support(101, -97.3, 41.9),
+    "jnp-linspace": jnp.linspace(-10.0, 10.0, 101, dtype=jnp.float32),
+}
+
+
 def reference_project(atoms: np.ndarray, probs: np.ndarray, support: np.ndarray) -> np.ndarray:
     """C51 projection written as a plain loop over atoms, in float64.
 
@@ -99,17 +110,7 @@ def test_project_keeps_the_mean_when_nothing_is_clipped(seed, num_bins, v_min, w
     np.testing.assert_allclose(mean_after, mean_before, atol=1e-5 * scale, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "support",
-    [
-        categorical.make_support(2, -10.0, 10.0),
-        categorical.make_support(5, -1.0, 1.0),
-        categorical.make_support(101, -10.0, 10.0),
-        categorical.make_support(51, -3.3, 17.1),
-        jnp.linspace(-10.0, 10.0, 101, dtype=jnp.float32),  # float32 rounding makes its gaps unequal
-    ],
-    ids=["K2", "K5", "K101", "K51-shifted", "jnp-linspace"],
-)
+@pytest.mark.parametrize("support", list(SUPPORTS.values()), ids=list(SUPPORTS))
 def test_atoms_on_support_points_keep_all_their_mass_exactly(support):
     # The classic floor == ceil bug drops exactly these masses; here every row must come back bit-for-bit.
     num_bins = support.shape[0]
@@ -158,17 +159,7 @@ def test_project_more_or_fewer_positions_than_atoms(batch_shape):
         np.testing.assert_allclose(projected, reference_project(atoms, probs, support), atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "support",
-    [
-        categorical.make_support(2, -10.0, 10.0),
-        categorical.make_support(101, -10.0, 10.0),
-        categorical.make_support(51, -3.3, 17.1),
-        categorical.make_support(101, -97.3, 41.9),
-        jnp.linspace(-10.0, 10.0, 101, dtype=jnp.float32),
-    ],
-    ids=["K2", "K101", "K51-shifted", "K101-wide", "jnp-linspace"],
-)
+@pytest.mark.parametrize("support", list(SUPPORTS.values()), ids=list(SUPPORTS))
 def test_each_atom_alone_keeps_its_exact_mass(support):
     # One position per row, on the first, the last or an interior atom, with an arbitrary (non-dyadic) mass: the
     # mass must land on that atom bit-for-bit and nothing anywhere else, whatever bin the float guess lands in.
