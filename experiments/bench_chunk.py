@@ -7,6 +7,8 @@ One iteration steps all `T x E` envs once, stores the transitions, updates the n
 runs `updates_per_step` updates. The first chunk is all random phase (no updates), the later ones all learning; both
 are timed, each as the median of `--repeats` chunk calls after a warm-up call. Vmapped over S seeds, a run should cost
 no more than S un-vmapped runs: the per-run column compares them. Prints a markdown table with the device it ran on.
+A measurement script for docs/results.md (each run compiles three MJX programs, minutes on a CPU), not a README
+command, so the test suite does not run it.
 """
 
 from __future__ import annotations

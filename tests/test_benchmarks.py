@@ -1,4 +1,4 @@
-"""The benchmark scripts run end to end on tiny settings and print a table row per measured case (their numbers are
+"""The benchmark scripts listed in the README run end to end on tiny settings and print a table row per measured case (their numbers are
 recorded in docs/results.md from full-size runs; nothing here times anything)."""
 
 from __future__ import annotations
@@ -22,15 +22,6 @@ def test_bench_update_prints_one_row_per_width(capsys):
     bench.main(bench.Args(widths=(16, 32), depth=1, batch_size=10, num_tasks=3, obs_dim=5, action_dim=2, repeats=1))
     rows = _table_rows(capsys.readouterr().out)
     assert [row[0] for row in rows] == ["16", "32"] and all(float(row[2]) > 0 for row in rows)
-
-
-def test_bench_chunk_times_the_unvmapped_and_vmapped_chunks(capsys):
-    bench = SCRIPTS["bench_chunk"]
-    bench.main(bench.Args(tasks="cartpole-balance", envs_per_task=2, batch_size=8, critic_width=16, seeds=(2,),
-                          iterations=2, repeats=1))
-    rows = _table_rows(capsys.readouterr().out)
-    assert [row[0] for row in rows] == ["un-vmapped", "vmapped over 2 seed(s)"]
-    assert all(float(cell) > 0 for row in rows for cell in row[2:])
 
 
 def test_bench_projection_runs_from_the_command_line():
