@@ -7,24 +7,22 @@ One iteration steps all `T x E` envs once, stores the transitions, updates the n
 runs `updates_per_step` updates. The first chunk is all random phase (no updates), the later ones all learning; both
 are timed, each as the median of `--repeats` chunk calls after a warm-up call. Vmapped over S seeds, a run should cost
 no more than S un-vmapped runs: the per-run column compares them. Prints a markdown table with the device it ran on.
-A measurement script for docs/results.md (each run compiles three MJX programs, minutes on a CPU), not a README
-command, so the test suite does not run it.
+A measurement script for docs/results.md (on the humanoid each run compiles three MJX programs, minutes on a CPU);
+the test suite runs it on Pendulum-v1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from purejaxmt import brc, envs, runner  # noqa: E402
+from purejaxmt import envs, offpolicy, runner
+from purejaxmt.agents import brc
+from purejaxmt.runner import devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +63,11 @@ def main(args: Args) -> None:
     print(f"device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     env = envs.make(args.tasks)
     steps = args.iterations * args.envs_per_task
-    config = brc.Config(critic_width=args.critic_width, critic_depth=args.critic_depth, actor_width=128,
-                        batch_size=args.batch_size, envs_per_task=args.envs_per_task,
-                        updates_per_step=args.updates_per_step, replay_capacity=10 * steps, random_steps=steps,
-                        total_steps=10 * steps, steps_per_chunk=steps)
+    config = brc.Config(critic_width=args.critic_width, critic_depth=args.critic_depth, actor_width=128)
+    loop = offpolicy.LoopConfig(batch_size=args.batch_size, envs_per_task=args.envs_per_task,
+                                updates_per_step=args.updates_per_step, replay_capacity=10 * steps,
+                                random_steps=steps, total_steps=10 * steps, steps_per_chunk=steps)
+    program = offpolicy.make(brc, config, loop, env)
     options = {"xla_backend_optimization_level": args.xla_optimization_level}
     print(f"{args.tasks}, {args.envs_per_task} envs per task, batch {args.batch_size}, critic W={args.critic_width} "
           f"depth {args.critic_depth}, {args.updates_per_step} update(s) per iteration, {args.iterations} iterations "
@@ -76,9 +75,9 @@ def main(args: Args) -> None:
     print("| program | compile s | random-phase ms per iteration | learning ms per iteration | learning ms per "
           "iteration and run |\n| --- | --- | --- | --- | --- |")
 
-    single = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), brc.init(jax.random.PRNGKey(0), config, env))
+    single = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), program.init(jax.random.PRNGKey(0), program.hyper))
     start = time.perf_counter()
-    chunk = jax.jit(brc.train_chunk, donate_argnums=0).lower(single).compile(compiler_options=options)
+    chunk = jax.jit(program.train_chunk, donate_argnums=0).lower(single).compile(compiler_options=options)
     compile_seconds = time.perf_counter() - start
     random_phase, learning, _ = _time_chunks(chunk, single, args.repeats)
     per_iteration = 1e3 / args.iterations
@@ -86,9 +85,9 @@ def main(args: Args) -> None:
           f"{learning * per_iteration:.1f} | {learning * per_iteration:.1f} |", flush=True)
 
     for seeds in args.seeds:
-        states = runner.init_states(brc, config, env, runner.RunConfig(tasks=args.tasks, seeds=seeds))
+        states = devices.init_states(program, devices.seed_keys(0, seeds))
         start = time.perf_counter()
-        chunk = (jax.jit(runner.vmap_train_chunk(brc, states), donate_argnums=0).lower(states)
+        chunk = (jax.jit(runner.vmap_train_chunk(program, states), donate_argnums=0).lower(states)
                  .compile(compiler_options=options))
         compile_seconds = time.perf_counter() - start
         random_phase, learning, _ = _time_chunks(chunk, states, args.repeats)

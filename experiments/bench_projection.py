@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from purejaxmt import categorical  # noqa: E402
+from purejaxmt import categorical
 
 Projection = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 

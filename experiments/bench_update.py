@@ -6,16 +6,14 @@ Prints a markdown table (width, critic parameters per member, ms per update, upd
 """
 
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import jax
+import numpy as np
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from purejaxmt import brc  # noqa: E402
+from purejaxmt import envs
+from purejaxmt.agents import brc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,26 +33,33 @@ def main(args: Args) -> None:
     print(f"device: {jax.device_count()} x {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
     print("| critic width | params per member | ms per update | updates/s |\n| --- | --- | --- | --- |")
     for width in args.widths:
-        config = brc.Config(critic_width=width, critic_depth=args.depth, batch_size=args.batch_size,
-                            compute_dtype=args.compute_dtype)
-        state = brc.init(jax.random.PRNGKey(0), config, obs_dim=args.obs_dim, action_dim=args.action_dim,
-                         num_tasks=args.num_tasks)
+        config = brc.Config(critic_width=width, critic_depth=args.depth, compute_dtype=args.compute_dtype)
+        spec = envs.EnvSpec(task_names=tuple(f"task{i}" for i in range(args.num_tasks)), obs_shape=(args.obs_dim,),
+                            obs_dtype=np.float32, episode_length=(1000,) * args.num_tasks,
+                            action=envs.ActionSpec(discrete=False, size=args.action_dim,
+                                                   mask=np.ones((args.num_tasks, args.action_dim), bool)))
+        agent, hyper = brc.Agent(config, spec), brc.Hyper.from_config(config)
+        learner = agent.init(jax.random.PRNGKey(0), hyper)
+        reward_scale = jax.numpy.ones((args.num_tasks,))
         keys = jax.random.split(jax.random.PRNGKey(1), 4)
         shape = (args.batch_size,)
         batch = {"task_id": jax.numpy.arange(args.batch_size, dtype=jax.numpy.int32) % args.num_tasks,
                  "obs": jax.random.normal(keys[0], (*shape, args.obs_dim)),
                  "action": jax.random.uniform(keys[1], (*shape, args.action_dim), minval=-1, maxval=1),
-                 "reward": jax.random.uniform(keys[2], shape), "next_obs": jax.random.normal(keys[3], (*shape, args.obs_dim)),
-                 "terminal": jax.numpy.zeros(shape, bool), "truncated": jax.numpy.zeros(shape, bool)}
-        update = jax.jit(brc.update, donate_argnums=0)
-        state, info = update(state, batch)
+                 "reward": jax.random.uniform(keys[2], shape),
+                 "next_obs": jax.random.normal(keys[3], (*shape, args.obs_dim)),
+                 "terminal": jax.numpy.zeros(shape, bool), "truncated": jax.numpy.zeros(shape, bool),
+                 "discount": jax.numpy.full(shape, 0.99)}
+        update = jax.jit(lambda learner, key: agent.update(learner, hyper, batch, reward_scale, key, 0),
+                         donate_argnums=0)
+        learner, info = update(learner, keys[0])
         jax.block_until_ready(info)
         start = time.perf_counter()
-        for _ in range(args.repeats):
-            state, info = update(state, batch)
+        for i in range(args.repeats):
+            learner, info = update(learner, jax.random.fold_in(keys[0], i))
         jax.block_until_ready(info)
         seconds = (time.perf_counter() - start) / args.repeats
-        params = sum(x.size for x in jax.tree.leaves(state.critic_params)) // config.num_critics
+        params = sum(x.size for x in jax.tree.leaves(learner.critic_params)) // config.num_critics
         print(f"| {width} | {params / 1e6:.2f}M | {seconds * 1e3:.1f} | {1 / seconds:.1f} |", flush=True)
 
 

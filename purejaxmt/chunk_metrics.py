@@ -1,6 +1,6 @@
 """Training metrics of one compiled chunk, reduced inside the chunk's `lax.scan` (no host round-trip).
 
-Both agents' `train_chunk` carry a `Totals` through their iterations:
+The loop's `train_chunk` (`purejaxmt.offpolicy`) carries a `Totals` through its iterations:
 
     totals = chunk_metrics.init_totals(num_tasks, zero_update_metrics)        # before the scan
     totals = chunk_metrics.accumulate(totals, env_state.stats, reward, learning, update_info)   # each iteration
@@ -58,7 +58,7 @@ def finalize(totals: Totals, env_steps_per_task: int) -> Metrics:
     updated = totals["updates"] > 0
     updates = jnp.maximum(totals["updates"], 1)
     return {
-        "episode_return": jnp.where(has_episode, totals["return_sum"] / jnp.maximum(episodes, 1), jnp.nan),
+        "return": jnp.where(has_episode, totals["return_sum"] / jnp.maximum(episodes, 1), jnp.nan),
         "episode_length": jnp.where(has_episode, totals["length_sum"] / jnp.maximum(episodes, 1), jnp.nan),
         "episodes": episodes,
         "reward_mean": totals["reward_sum"] / env_steps_per_task,

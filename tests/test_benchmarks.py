@@ -1,4 +1,4 @@
-"""The benchmark scripts listed in the README run end to end on tiny settings and print a table row per measured case (their numbers are
+"""The benchmark scripts run end to end on tiny settings and print a table row per measured case (their numbers are
 recorded in docs/results.md from full-size runs; nothing here times anything)."""
 
 from __future__ import annotations
@@ -31,3 +31,12 @@ def test_bench_projection_runs_from_the_command_line():
     rows = _table_rows(out)
     assert rows and all(row[1] == "[8, 11]" for row in rows), out
     assert all(float(row[-1]) < 1e-5 for row in rows), "the new projection differs from the old hat projection"
+
+
+def test_bench_chunk_times_the_plain_and_the_vmapped_chunk(capsys):
+    bench = SCRIPTS["bench_chunk"]
+    bench.main(bench.Args(tasks="Pendulum-v1", envs_per_task=2, batch_size=8, critic_width=16, seeds=(2,),
+                          iterations=4, repeats=1))
+    rows = _table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["un-vmapped", "vmapped over 2 seed(s)"]
+    assert all(float(row[3]) > 0 for row in rows)

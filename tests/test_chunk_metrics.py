@@ -34,7 +34,7 @@ def reference(it):
         ret = (it["finished_return"] * f).sum(axis=(0, 2)) / episodes
         length = (it["finished_length"] * f).sum(axis=(0, 2)) / episodes
     return {
-        "episode_return": np.where(episodes > 0, ret, np.nan),
+        "return": np.where(episodes > 0, ret, np.nan),
         "episode_length": np.where(episodes > 0, length, np.nan),
         "episodes": episodes,
         "reward_mean": it["reward"].astype(np.float64).sum(axis=(0, 2)) / (N * E),
@@ -62,7 +62,7 @@ def test_chunk_metrics_match_numpy():
     assert set(got) == set(want)
     for name in want:
         np.testing.assert_allclose(np.asarray(got[name], np.float64), want[name], rtol=1e-5, err_msg=name)
-    assert np.isnan(got["episode_return"][2]) and got["episodes"][2] == 0 and got["episodes"][:2].min() > 0
+    assert np.isnan(got["return"][2]) and got["episodes"][2] == 0 and got["episodes"][:2].min() > 0
 
 
 def test_update_means_are_nan_without_updates():

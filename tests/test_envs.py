@@ -3,8 +3,12 @@
 Compiling an MJX humanoid step takes about a minute on a small CPU, so ONE env is compiled for the physics tests:
 the three humanoid tasks (one MJX model, vmapped) plus pendulum-swingup (a second family with a different
 observation and action size and a random reset), 2 envs per task, one jitted rollout (reset + scan of `step`)
-that every test below re-runs with other inputs. The registry, error and toy-family tests compile no physics.
+that every test below re-runs with other inputs. The registry, error, spec and toy-family tests compile no physics.
 """
+
+import dataclasses
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +16,8 @@ import numpy as np
 import pytest
 
 from purejaxmt import envs
-from purejaxmt.envs.base import Family, TaskEnv
+from purejaxmt.envs import playground
+from purejaxmt.envs.base import ActionSpec, EnvSpec, Family, TaskEnv
 
 E = 2  # envs per task
 EPISODE = 20  # a short time limit so that the rollout crosses a reset
@@ -44,7 +49,7 @@ def mixed():
         return state, transitions, states
 
     rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (STEPS, 4, E, env.action_size)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (STEPS, 4, E, env.spec.action.size)).astype(np.float32)
     actions[:, HUMANOID_ROWS, 1] = actions[:, HUMANOID_ROWS, 0]  # humanoid env 1 is env 0's twin (see below)
     length0 = np.zeros((4, E), np.int32)
     length0[:, 0] = 1
@@ -83,16 +88,24 @@ def _humanoid_physics_data(states):
 def test_layout(mixed):
     env = envs.make("humanoid")
     assert env.task_names == ("humanoid-stand", "humanoid-walk", "humanoid-run")
-    assert env.obs_shape == (67,) and env.action_size == 21 and env.num_actions is None
-    assert env.action_mask.shape == (3, 21) and env.action_mask.all()
-    assert env.episode_length == (1000,) * 3
+    spec = env.spec
+    assert isinstance(spec, EnvSpec) and spec.task_names == env.task_names and spec.num_tasks == env.num_tasks == 3
+    assert env.obs_shape == spec.obs_shape == (67,) and spec.obs_dtype == env.obs_dtype == np.float32
+    assert not spec.action.discrete and spec.action.size == 21
+    assert spec.action.mask.shape == (3, 21) and spec.action.mask.all()
+    assert env.episode_length == spec.episode_length == (1000,) * 3
     assert len(env.families) == 1  # one MJX model for all three tasks
+    for removed in ("action_size", "num_actions", "discrete", "action_mask"):  # the action layout is in the spec only
+        assert not hasattr(env, removed), removed
+    assert repr(env) == ("TaskEnv(tasks=['humanoid-stand', 'humanoid-walk', 'humanoid-run'], obs_shape=(67,), "
+                         "obs_dtype=float32, action=ActionSpec(discrete=False, size=21, entries per task=[21, 21, "
+                         "21]), episode_length=[1000, 1000, 1000])")
 
     env = mixed[0]
     assert env.task_names == ("humanoid-stand", "humanoid-walk", "humanoid-run", "pendulum-swingup")
-    assert env.obs_shape == (67,) and env.action_size == 21 and env.episode_length == (EPISODE,) * 4
-    np.testing.assert_array_equal(env.action_mask[PENDULUM], [True] + [False] * 20)
-    assert env.action_mask[:PENDULUM].all()
+    assert env.obs_shape == (67,) and env.spec.action.size == 21 and env.episode_length == (EPISODE,) * 4
+    np.testing.assert_array_equal(env.spec.action.mask[PENDULUM], [True] + [False] * 20)
+    assert env.spec.action.mask[:PENDULUM].all()
 
 
 def test_humanoid_reward_and_obs_equal_playground(mixed, base_run):
@@ -238,8 +251,8 @@ def test_determinism(mixed, base_run):
 def test_dmc_small_and_task_names():
     env = envs.make("dmc-small")
     assert env.task_names == envs.TASK_SETS["dmc-small"] == ("cartpole-swingup", "cheetah-run", "walker-walk")
-    assert env.obs_shape == (24,) and env.action_size == 6 and env.episode_length == (1000,) * 3
-    np.testing.assert_array_equal(env.action_mask.sum(1), [1, 6, 6])
+    assert env.obs_shape == (24,) and env.spec.action.size == 6 and env.episode_length == (1000,) * 3
+    np.testing.assert_array_equal(env.spec.action.mask.sum(1), [1, 6, 6])
     names = envs.list_tasks()
     for name in ("ball-in-cup", "cartpole-swingup", "cheetah-run", "humanoid-run", "swimmer-swimmer6",
                  "acrobot-swingup-sparse", "point-mass"):
@@ -248,7 +261,7 @@ def test_dmc_small_and_task_names():
     env = envs.make("humanoid-run, cartpole-swingup ,humanoid-stand")
     assert env.task_names == ("humanoid-run", "cartpole-swingup", "humanoid-stand")
     assert [f.task_names for f in env.families] == [("humanoid-run", "humanoid-stand"), ("cartpole-swingup",)]
-    np.testing.assert_array_equal(env.action_mask.sum(1), [21, 1, 21])
+    np.testing.assert_array_equal(env.spec.action.mask.sum(1), [21, 1, 21])
 
 
 def test_errors():
@@ -270,6 +283,83 @@ def test_errors():
             env.reset(jax.random.PRNGKey(0), 1, reset_pool_size=bad)
     with pytest.raises(ValueError, match="reset_pool_size must be a positive int, got 0"):
         TaskEnv(env.families, reset_pool_size=0)
+
+
+def test_playground_task_list_is_playground_registry():
+    """The literal task list (so that `resolve` need not import Playground) is Playground's DM Control registry."""
+    from mujoco_playground import registry
+    from mujoco_playground._src.dm_control_suite import humanoid as pg_humanoid
+
+    assert playground.task_names() == playground.DM_CONTROL_TASKS
+    assert playground.DM_CONTROL_TASKS == tuple(playground.kebab(n) for n in registry.dm_control_suite.ALL_ENVS)
+    assert tuple(playground.playground_names()) == playground.DM_CONTROL_TASKS
+    assert playground.HUMANOID_SPEEDS == {"humanoid-stand": 0.0, "humanoid-walk": pg_humanoid.WALK_SPEED,
+                                          "humanoid-run": pg_humanoid.RUN_SPEED}
+
+
+def test_resolve_gives_make_task_names_and_errors():
+    assert envs.resolve("humanoid") == ("humanoid-stand", "humanoid-walk", "humanoid-run")
+    assert envs.resolve(" dmc-small, humanoid-run") == ("cartpole-swingup", "cheetah-run", "walker-walk",
+                                                        "humanoid-run")
+    assert envs.resolve("minatar,CartPole-v1") == envs.TASK_SETS["minatar"] + ("CartPole-v1",)
+    assert envs.resolve("classic-continuous,cartpole-swingup") == ("Pendulum-v1", "MountainCarContinuous-v0",
+                                                                   "cartpole-swingup")
+    assert envs.make("humanoid-run,cartpole-swingup").task_names == envs.resolve("humanoid-run,cartpole-swingup")
+    for bad, match in (("humnoid-run", "Unknown task.*'humnoid-run'.*dmc-small.*humanoid-run"),
+                       ("", "Empty task name"), ("cartpole-swingup,,cheetah-run", "Empty task name"),
+                       ("dmc-small,cheetah-run", r"Duplicate.*cheetah-run.*task sets expanded"),
+                       ("CartPole-v1,humanoid-stand", "Cannot mix discrete.*CartPole-v1.*continuous.*humanoid-stand"),
+                       (["humanoid"], "tasks must be a string")):
+        with pytest.raises(ValueError, match=match):
+            envs.resolve(bad)
+        with pytest.raises(ValueError, match=match):
+            envs.make(bad)
+
+
+def test_resolve_imports_no_simulator():
+    """`resolve` (and `list_tasks`) import the provider modules only: neither MuJoCo / Playground nor Gymnax."""
+    code = ("import sys; from purejaxmt import envs; "
+            "assert envs.resolve('minatar') == envs.TASK_SETS['minatar']; "
+            "assert envs.resolve('humanoid') == envs.TASK_SETS['humanoid']; "
+            "assert envs.resolve('classic-continuous') == envs.TASK_SETS['classic-continuous']; "
+            "assert 'humanoid-run' in envs.list_tasks() and 'Pendulum-v1' in envs.list_tasks(); "
+            "loaded = [m for m in ('mujoco_playground', 'mujoco', 'gymnax') if m in sys.modules]; "
+            "assert not loaded, f'resolve imported {loaded}'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_spec_is_plain_validated_data():
+    mask = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    action = ActionSpec(discrete=False, size=3, mask=mask)
+    mask[1, 1] = True  # the spec holds its own copy ...
+    np.testing.assert_array_equal(action.mask.sum(1), [2, 1])
+    with pytest.raises(ValueError, match="read-only"):  # ... which is read-only
+        action.mask[0, 2] = True
+    spec = EnvSpec(task_names=["a", "b"], obs_shape=[4], obs_dtype="uint8", action=action,
+                   episode_length=[10, np.int32(20)])
+    assert spec.task_names == ("a", "b") and spec.obs_shape == (4,) and spec.obs_dtype == np.uint8
+    assert spec.num_tasks == 2 and spec.episode_length == (10, 20) and type(spec.episode_length[1]) is int
+    assert repr(action) == "ActionSpec(discrete=False, size=3, entries per task=[2, 1])"
+    assert repr(ActionSpec(True, 2, [[1, 1]])) == "ActionSpec(discrete=True, size=2, legal actions per task=[2])"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.obs_shape = (5,)
+
+    with pytest.raises(ValueError, match=r"mask must have shape \[T, size=4\], got \(2, 3\)"):
+        ActionSpec(discrete=False, size=4, mask=mask)
+    with pytest.raises(ValueError, match=r"task rows \[1\] no legal action"):
+        ActionSpec(discrete=True, size=2, mask=[[1, 0], [0, 0]])
+    with pytest.raises(ValueError, match="ActionSpec.size must be a positive int, got 0"):
+        ActionSpec(discrete=True, size=0, mask=np.zeros((1, 0), bool))
+    with pytest.raises(ValueError, match="ActionSpec.discrete must be a bool, got 'yes'"):
+        ActionSpec(discrete="yes", size=1, mask=[[1]])
+    with pytest.raises(ValueError, match=r"3 task rows, expected one per task of \['a', 'b'\]"):
+        EnvSpec(("a", "b"), (4,), np.float32, ActionSpec(False, 1, [[1], [1], [1]]), (10, 10))
+    with pytest.raises(ValueError, match=r"episode_length has 1 entries \[10\], expected one per task"):
+        EnvSpec(("a", "b"), (4,), np.float32, action, (10,))
+    with pytest.raises(ValueError, match="episode_length must hold positive ints, got \\(10, 0\\)"):
+        EnvSpec(("a", "b"), (4,), np.float32, action, (10, 0))
+    with pytest.raises(ValueError, match="task_names must be a non-empty sequence of strings"):
+        EnvSpec((), (4,), np.float32, action, ())
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -313,8 +403,8 @@ def test_task_order_permutation_and_episode_ends():
     short = _Counter(["a", "b"], obs_size=3, action_size=2, end=4)
     long = _Counter(["c"], obs_size=5, action_size=1)
     env = TaskEnv([short, long], task_order=["a", "c", "b"], episode_length=6)
-    assert env.obs_shape == (5,) and env.action_size == 2
-    np.testing.assert_array_equal(env.action_mask, [[1, 1], [1, 0], [1, 1]])
+    assert env.obs_shape == (5,) and env.spec.action.size == 2 and not env.spec.action.discrete
+    np.testing.assert_array_equal(env.spec.action.mask, [[1, 1], [1, 0], [1, 1]])
     state, obs = env.reset(jax.random.PRNGKey(0), 2)
     np.testing.assert_array_equal(obs[:, 0, 1], [30, 50, 31])  # rows in the requested order
     action = jnp.arange(3, dtype=jnp.float32)[:, None, None] * jnp.ones((3, 2, 2))
@@ -391,5 +481,5 @@ def test_mixing_discrete_and_continuous_is_an_error():
     with pytest.raises(ValueError, match="Cannot mix discrete and continuous"):
         TaskEnv([_Counter(["a"], 2, 1), _Counter(["b"], 2, 4, discrete=True)])
     env = TaskEnv([_Counter(["a"], 2, 3, discrete=True), _Counter(["b"], 2, 4, discrete=True)])
-    assert env.num_actions == 4 and env.action_size is None
-    np.testing.assert_array_equal(env.action_mask, [[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert env.spec.action.discrete and env.spec.action.size == 4
+    np.testing.assert_array_equal(env.spec.action.mask, [[1, 1, 1, 0], [1, 1, 1, 1]])

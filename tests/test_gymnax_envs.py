@@ -86,6 +86,7 @@ def test_task_names_are_gymnax_discrete_envs():
             discrete.append(name)
     assert gymnax_tasks.task_names() == tuple(discrete)
     assert "Pendulum-v1" not in gymnax_tasks.task_names() and "Breakout-MinAtar" in gymnax_tasks.task_names()
+    assert "Pendulum-v1" in envs.list_tasks()  # a continuous task of purejaxmt.envs.gymnax_continuous
     names = envs.list_tasks()
     assert "CartPole-v1" in names and "humanoid-stand" in names and "cartpole-swingup" in names
     assert envs.TASK_SETS["minatar"] == gymnax_tasks.MINATAR == tuple(CHANNELS)
@@ -97,12 +98,23 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_make_minatar_imports_no_playground():
+    """Building Gymnax tasks imports Gymnax only: never MuJoCo Playground or MuJoCo (seconds, and a GPU-minded
+    stack nobody asked for)."""
+    code = ("import sys; from purejaxmt import envs; env = envs.make('minatar'); "
+            "assert env.task_names == envs.TASK_SETS['minatar'] and 'gymnax' in sys.modules; "
+            "loaded = [m for m in ('mujoco_playground', 'mujoco') if m in sys.modules]; "
+            "assert not loaded, f'make(minatar) imported {loaded}'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_minatar_layout_full_and_minimal_action_sets():
     env = envs.make("minatar")
-    assert env.task_names == tuple(CHANNELS) and env.num_tasks == 4 and env.discrete
-    assert env.obs_shape == (10, 10, 7) and env.obs_dtype == np.uint8 and env.num_actions == 6
-    assert env.action_mask.shape == (4, 6) and env.action_mask.all()
-    assert env.episode_length == (1000, 1000, 2500, 1000)
+    assert env.task_names == tuple(CHANNELS) and env.num_tasks == 4 and env.spec.action.discrete
+    assert env.obs_shape == (10, 10, 7) and env.obs_dtype == np.uint8 and env.spec.action.size == 6
+    assert env.spec.obs_shape == (10, 10, 7) and env.spec.obs_dtype == np.uint8
+    assert env.spec.action.mask.shape == (4, 6) and env.spec.action.mask.all()
+    assert env.episode_length == env.spec.episode_length == (1000, 1000, 2500, 1000)
     assert [f.obs_shape for f in env.families] == [(10, 10, c) for c in CHANNELS.values()]
     for family in env.families:
         np.testing.assert_array_equal(family.action_set, np.arange(6))
@@ -110,31 +122,34 @@ def test_minatar_layout_full_and_minimal_action_sets():
     minimal = envs.make("minatar", minimal_action_set=True)
     assert minimal.task_names == tuple(CHANNELS) and minimal.obs_shape == (10, 10, 7)
     counts = [len(ids) for ids in MINIMAL.values()]
-    assert minimal.num_actions == max(counts) == 5
+    assert minimal.spec.action.size == max(counts) == 5
     expected_mask = np.arange(5)[None, :] < np.array(counts)[:, None]  # legal actions: the first n of each game
-    np.testing.assert_array_equal(minimal.action_mask, expected_mask)
+    np.testing.assert_array_equal(minimal.spec.action.mask, expected_mask)
+    assert repr(minimal.spec.action) == "ActionSpec(discrete=True, size=5, legal actions per task=[3, 5, 3, 4])"
     for family in minimal.families:
         np.testing.assert_array_equal(family.action_set, MINIMAL[family.task_names[0]])
 
     other = envs.make("Freeway-MinAtar, Seaquest-MinAtar", episode_length=100, minimal_action_set=True)
-    assert other.obs_shape == (10, 10, 10) and other.num_actions == 6 and other.episode_length == (100,) * 2
-    np.testing.assert_array_equal(other.action_mask.sum(1), [3, 6])
-    assert envs.make("minatar", minimal_action_set=False).action_mask.all()
+    assert other.obs_shape == (10, 10, 10) and other.spec.action.size == 6 and other.episode_length == (100,) * 2
+    np.testing.assert_array_equal(other.spec.action.mask.sum(1), [3, 6])
+    assert envs.make("minatar", minimal_action_set=False).spec.action.mask.all()
 
     classic = envs.make("CartPole-v1,Acrobot-v1,MountainCar-v0")
-    assert classic.obs_shape == (6,) and classic.obs_dtype == np.float32 and classic.num_actions == 3
+    assert classic.obs_shape == (6,) and classic.obs_dtype == np.float32 and classic.spec.action.size == 3
     assert classic.episode_length == (500, 500, 200)
-    np.testing.assert_array_equal(classic.action_mask.sum(1), [2, 3, 3])
+    np.testing.assert_array_equal(classic.spec.action.mask.sum(1), [2, 3, 3])
 
 
 def test_errors():
     with pytest.raises(ValueError, match=r"Unknown task.*'Breakout-Minatar'.*'Breakout-MinAtar'"):
         envs.make("Breakout-Minatar")
-    with pytest.raises(ValueError, match=r"Unknown task.*'Pendulum-v1'.*'CartPole-v1'"):
-        envs.make("Pendulum-v1")  # continuous Gymnax envs are not offered
+    with pytest.raises(ValueError, match=r"Unknown task.*'Reacher-misc'.*'CartPole-v1'"):
+        envs.make("Reacher-misc")  # Gymnax's continuous misc envs are not offered
     with pytest.raises(ValueError, match="Cannot mix discrete.*CartPole-v1.*continuous.*humanoid-stand"):
         envs.make("CartPole-v1,humanoid-stand")
-    with pytest.raises(ValueError, match=r"Unknown Gymnax task 'Pendulum-v1'.*discrete.*'CartPole-v1'"):
+    with pytest.raises(ValueError, match="Cannot mix discrete.*CartPole-v1.*continuous.*Pendulum-v1"):
+        envs.make("CartPole-v1,Pendulum-v1")
+    with pytest.raises(ValueError, match=r"Unknown Gymnax task 'Pendulum-v1'.*gymnax_continuous.*'CartPole-v1'"):
         gymnax_tasks.build(["Pendulum-v1"])
     with pytest.raises(ValueError, match="Duplicate.*Breakout-MinAtar"):
         envs.make("minatar,Breakout-MinAtar")

@@ -45,15 +45,15 @@ def test_preset_initialises_and_traces(script, preset):
     if env_key not in _ENVS:
         _ENVS[env_key] = runner.make_env(run_config)
     env = _ENVS[env_key]
-    shapes = runner.abstract_run(module.AGENT, chosen.agent, run_config, env=env)
+    shapes = runner.abstract_run(module.AGENT, chosen.agent, chosen.loop, run_config, env=env)
 
     num_tasks, seeds = len(env.task_names), run_config.seeds
     state, metrics, evaluation = shapes["state"], shapes["metrics"], shapes["evaluation"]
     assert state.iteration.shape == ()  # lockstep: outside the runs axis
-    assert metrics["episode_return"].shape == (seeds, num_tasks)
-    assert metrics["env_steps"].shape == (seeds,)
+    assert metrics["return"].shape == (seeds, num_tasks)
+    assert metrics["step"].shape == (seeds,)
     assert evaluation["return"].shape == (seeds, num_tasks)
     # The replay holds the preset's capacity for every task, in the env's observation dtype.
     obs = state.replay.data["obs"]
-    assert obs.shape[:3] == (seeds, num_tasks, chosen.agent.replay_capacity)
+    assert obs.shape[:3] == (seeds, num_tasks, chosen.loop.replay_capacity)
     assert obs.dtype == jax.numpy.dtype(env.obs_dtype)

@@ -1,6 +1,7 @@
 """The task axis: families of tasks concatenated into one `TaskEnv`.
 
-Shapes: `T` tasks, `E` environments per task, `O` the (padded) observation shape, `A` the padded action size.
+Shapes: `T` tasks, `E` environments per task, `O` the (padded) observation shape, `A` the padded action size
+(continuous) or the size of the shared action set (discrete).
 
 A `Family` is a group of tasks that share one model and are vmapped together over `[n_tasks, E]` (for example the
 three Playground humanoid tasks, or one Playground DM Control task). A `TaskEnv` concatenates several families on
@@ -20,6 +21,9 @@ actions to the largest action size, and owns everything that is the same for eve
   program then holds no reset physics at all: it compiles faster, and under an outer `vmap` (seeds), where a
   `lax.cond` becomes a select that runs both branches, it does not pay for a reset at every step.
 
+`TaskEnv.spec` (an `EnvSpec`, with the action layout in its `ActionSpec`) is all an agent needs to know of the
+env: plain data (names, shapes, dtypes, the action mask), no env, so agents can be built without importing envs.
+
 Everything here is pure and jittable. `TaskEnv.reset`/`step` are wrapped in `jax.jit` (so eager calls compile
 instead of running MJX op by op; inside an outer jit, vmap or scan they inline); `envs_per_task` is a Python int.
 """
@@ -27,13 +31,14 @@ instead of running MJX op by op; inside an outer jit, vmap or scan they inline);
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pytrees
@@ -43,8 +48,8 @@ from flax import struct
 class Transition:
     """One step of all `[T, E]` envs, ready for the replay buffer.
 
-    `action` is the action as applied: continuous actions have their padded entries (where `action_mask` is false)
-    set to 0. `next_obs` is the true final observation where an episode ended (never the reset observation), and
+    `action` is the action as applied: continuous actions have their padded entries (where `spec.action.mask` is
+    false) set to 0. `next_obs` is the true final observation where an episode ended (never the reset observation), and
     the previous observation where the non-finite guard fired. `reward` is raw (never normalised) and always finite.
     """
 
@@ -82,6 +87,88 @@ class EnvState:
     key: jax.Array  # PRNG key; split at every step
     stats: EpisodeStats
     reset_pools: tuple  # per family: (inner [n, P, ...], padded obs [n, P, *O]) if `pooled_reset`, else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Specs: what an agent may know of the env (plain data, no env)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ActionSpec:
+    """The action layout of a `TaskEnv`: one array shape for every task, and which entries each task uses.
+
+    Continuous (`discrete=False`): actions are float `[T, E, size]` in [-1, 1]; task t reads the entries where
+    `mask[t]` is true (its own action dims, the first ones), the rest are padding the env sets to 0.
+    Discrete (`discrete=True`): actions are int `[T, E]` indices into one shared action set of `size` actions;
+    `mask[t]` marks task t's legal actions (the agent applies it to its greedy and random choices).
+
+    `mask` is a read-only copy; every task has at least one true entry.
+    """
+
+    discrete: bool
+    size: int  # continuous: padded action dims A; discrete: size A of the shared action set
+    mask: np.ndarray  # bool [T, A]: the entries each task reads (continuous) / each task's legal actions (discrete)
+
+    def __post_init__(self):
+        if not isinstance(self.discrete, (bool, np.bool_)):
+            raise ValueError(f"ActionSpec.discrete must be a bool, got {self.discrete!r}.")
+        size = _positive_int("ActionSpec.size", self.size)
+        mask = np.array(self.mask, dtype=bool)  # a copy: the caller's array stays theirs
+        if mask.ndim != 2 or mask.shape[1] != size:
+            raise ValueError(f"ActionSpec.mask must have shape [T, size={size}], got {mask.shape}.")
+        empty = np.flatnonzero(~mask.any(axis=1))
+        if len(empty):
+            raise ValueError(f"ActionSpec.mask gives task rows {empty.tolist()} no "
+                             f"{'legal action' if self.discrete else 'action entry'}: {mask.astype(int).tolist()}.")
+        mask.flags.writeable = False
+        object.__setattr__(self, "discrete", bool(self.discrete))
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mask", mask)
+
+    def __repr__(self) -> str:
+        per_task = "legal actions" if self.discrete else "entries"
+        return (f"ActionSpec(discrete={self.discrete}, size={self.size}, "
+                f"{per_task} per task={self.mask.sum(axis=1).tolist()})")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EnvSpec:
+    """Everything an agent (or the replay buffer, or the loop) needs to know of a `TaskEnv`, and nothing else:
+    plain data, no env, so that agents can be built and tested without importing `purejaxmt.envs`.
+
+    Row t of every `[T, ...]` array belongs to `task_names[t]`.
+    """
+
+    task_names: tuple[str, ...]
+    obs_shape: tuple[int, ...]  # per env, padded
+    obs_dtype: np.dtype
+    action: ActionSpec
+    episode_length: tuple[int, ...]  # per task: the time limit in steps
+
+    def __post_init__(self):
+        task_names = tuple(self.task_names)
+        if not task_names or not all(isinstance(name, str) for name in task_names):
+            raise ValueError(f"EnvSpec.task_names must be a non-empty sequence of strings, got {self.task_names!r}.")
+        if not isinstance(self.action, ActionSpec):
+            raise ValueError(f"EnvSpec.action must be an ActionSpec, got {self.action!r}.")
+        if self.action.mask.shape[0] != len(task_names):
+            raise ValueError(f"EnvSpec.action.mask has {self.action.mask.shape[0]} task rows, expected one per task "
+                             f"of {list(task_names)}.")
+        episode_length = tuple(self.episode_length)
+        if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 for n in episode_length):
+            raise ValueError(f"EnvSpec.episode_length must hold positive ints, got {self.episode_length!r}.")
+        episode_length = tuple(int(n) for n in episode_length)
+        if len(episode_length) != len(task_names):
+            raise ValueError(f"EnvSpec.episode_length has {len(episode_length)} entries {list(episode_length)}, "
+                             f"expected one per task of {list(task_names)}.")
+        object.__setattr__(self, "task_names", task_names)
+        object.__setattr__(self, "obs_shape", tuple(int(n) for n in self.obs_shape))
+        object.__setattr__(self, "obs_dtype", np.dtype(self.obs_dtype))
+        object.__setattr__(self, "episode_length", episode_length)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -156,9 +243,11 @@ class TaskEnv:
         episode of such a task can start from).
 
     Attributes:
-      task_names, num_tasks, obs_shape (padded, per env), obs_dtype, action_size (continuous, else None),
-      num_actions (discrete, else None), discrete, action_mask (np bool[T, A]), episode_length (tuple of ints, [T]),
-      families.
+      spec: the `EnvSpec` (task names, padded obs shape and dtype, the `ActionSpec`, time limits): what agents read.
+        The action layout (discrete or continuous, the size A, the mask `[T, A]`) lives only in `spec.action`.
+      task_names, num_tasks, obs_shape (padded, per env), obs_dtype, episode_length (tuple of ints, [T]): the same
+        as in `spec`, for the loop's convenience.
+      families, reset_pool_size.
     """
 
     def __init__(self, families: Sequence[Family], task_order: Sequence[str] | None = None,
@@ -187,7 +276,7 @@ class TaskEnv:
         self.families = families
         self.task_names = task_order
         self.num_tasks = len(task_order)
-        self.discrete = families[0].discrete
+        discrete = families[0].discrete
 
         # _rows[f]: the task-axis rows family f occupies; _to_rows maps family-concatenated order to row order.
         row_of = {name: t for t, name in enumerate(task_order)}
@@ -203,31 +292,27 @@ class TaskEnv:
         self.obs_shape = tuple(int(max(dims)) for dims in zip(*(f.obs_shape for f in families)))
         self.obs_dtype = np.result_type(*(np.dtype(f.obs_dtype) for f in families))
 
-        if self.discrete:
-            self.num_actions = int(max(f.num_actions for f in families))
-            self.action_size = None
-            width = self.num_actions
-        else:
-            self.action_size = int(max(f.action_size for f in families))
-            self.num_actions = None
-            width = self.action_size
-        mask = np.zeros((self.num_tasks, width), dtype=bool)
+        # One action layout: continuous actions padded to the largest action size, discrete ones indices into one
+        # shared action set as large as the largest family's; the mask says which entries / actions each task has.
+        size = int(max(f.num_actions if discrete else f.action_size for f in families))
+        mask = np.zeros((self.num_tasks, size), dtype=bool)
         for f, rows in zip(families, self._rows):
             fm = np.asarray(f.action_mask(), dtype=bool)
             mask[rows, : fm.shape[1]] = fm
-        self.action_mask = mask
 
         lengths = np.zeros(self.num_tasks, dtype=np.int32)
         for f, rows in zip(families, self._rows):
             lengths[rows] = f.episode_length if episode_length is None else episode_length
         self.episode_length = tuple(int(x) for x in lengths)
+        self.spec = EnvSpec(task_names=self.task_names, obs_shape=self.obs_shape, obs_dtype=self.obs_dtype,
+                            action=ActionSpec(discrete=discrete, size=size, mask=mask),
+                            episode_length=self.episode_length)
         self._jit_reset = jax.jit(self._reset, static_argnums=(1, 2))
         self._jit_step = jax.jit(self._step)
 
     def __repr__(self) -> str:
-        kind = f"num_actions={self.num_actions}" if self.discrete else f"action_size={self.action_size}"
-        return (f"TaskEnv(tasks={list(self.task_names)}, obs_shape={self.obs_shape}, {kind}, "
-                f"episode_length={list(self.episode_length)})")
+        return (f"TaskEnv(tasks={list(self.task_names)}, obs_shape={self.obs_shape}, obs_dtype={self.obs_dtype}, "
+                f"action={self.spec.action!r}, episode_length={list(self.episode_length)})")
 
     # -- layout helpers ------------------------------------------------------------------------------------------
 
@@ -303,15 +388,15 @@ class TaskEnv:
 
     def _step(self, state: EnvState, action: jax.Array) -> tuple[EnvState, Transition]:
         envs_per_task = state.obs.shape[1]
-        expected = ((self.num_tasks, envs_per_task) if self.discrete
-                    else (self.num_tasks, envs_per_task, self.action_size))
+        spec = self.spec.action
+        expected = (self.num_tasks, envs_per_task) if spec.discrete else (self.num_tasks, envs_per_task, spec.size)
         if tuple(action.shape) != expected:
             raise ValueError(f"action has shape {tuple(action.shape)}, expected {expected} ([T, E"
-                             f"{'' if self.discrete else ', A'}] for tasks {list(self.task_names)}).")
-        if self.discrete:
+                             f"{'' if spec.discrete else ', A'}] for tasks {list(self.task_names)}).")
+        if spec.discrete:
             action = action.astype(jnp.int32)
         else:
-            action = jnp.where(jnp.asarray(self.action_mask)[:, None, :], action.astype(jnp.float32), 0.0)
+            action = jnp.where(jnp.asarray(spec.mask)[:, None, :], action.astype(jnp.float32), 0.0)
 
         key, step_key, reset_key = jax.random.split(state.key, 3)
         step_keys = self._split_keys(step_key, envs_per_task)
@@ -388,7 +473,8 @@ class TaskEnv:
             pool_size = pool_obs.shape[1]
             # One draw per env from its task's pool: keys [n, E] -> indices [n, E].
             index = jax.vmap(jax.vmap(lambda k: jax.random.randint(k, (), 0, pool_size)))(keys)
-            take = lambda x: jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+            def take(x):
+                return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
             return jax.tree.map(take, pool_inner), take(pool_obs)
 
         def fresh_from_reset():

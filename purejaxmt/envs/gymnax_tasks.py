@@ -3,9 +3,10 @@
 Task names are Gymnax's own registered names (`Breakout-MinAtar`, `Asterix-MinAtar`, `Freeway-MinAtar`,
 `SpaceInvaders-MinAtar`, `Seaquest-MinAtar`, `CartPole-v1`, `Acrobot-v1`, `MountainCar-v0`, ...; see
 `task_names()`). Every Gymnax env with a discrete action space is a task, except `MNISTBandit-bsuite`, whose
-constructor downloads MNIST. Continuous Gymnax envs (`Pendulum-v1`, `MountainCarContinuous-v0`, `PointRobot-misc`,
-`Reacher-misc`, `Swimmer-misc`) are not offered: naming one is an unknown-task error. Gymnax itself is imported only
-when a family is built (importing it takes seconds: it pulls in matplotlib and seaborn).
+constructor downloads MNIST. Gymnax's continuous classic-control envs (`Pendulum-v1`, `MountainCarContinuous-v0`)
+are continuous tasks of their own provider, `purejaxmt.envs.gymnax_continuous`; its other continuous envs
+(`PointRobot-misc`, `Reacher-misc`, `Swimmer-misc`) are not offered: naming one is an unknown-task error. Gymnax
+itself is imported only when a family is built (importing it takes seconds: it pulls in matplotlib and seaborn).
 
     env = purejaxmt.envs.make("minatar")            # the four MinAtar games of the paper, full action set: T = 4
     state, obs = env.reset(key, envs_per_task=32)   # obs uint8[4, 32, 10, 10, 7] (channels zero-padded)
@@ -20,7 +21,7 @@ Action sets:
 - Default: Gymnax's FULL MinAtar action set (`use_minimal_action_set=False`): 6 actions for every game, ids
   `n, l, u, r, d, f` in that order, all legal. Non-MinAtar envs: `num_actions` = their action space size.
 - Minimal (`envs.make(tasks, minimal_action_set=True)`, which forwards it to `build`): game i's legal
-  actions are the first `n_i` ids of the shared index space, and `TaskEnv.action_mask` marks them; action j of a
+  actions are the first `n_i` ids of the shared index space, and `TaskEnv.spec.action.mask` marks them; action j of a
   game is Gymnax's `minimal_action_set[j]` in full-set ids: Breakout [0, 1, 3] (n, l, r), Asterix [0, 1, 2, 3, 4],
   Freeway [0, 2, 4] (n, u, d), SpaceInvaders [0, 1, 3, 5] (n, l, r, f), Seaquest all 6 (`GymnaxFamily.action_set`).
   The agent must apply the mask to its greedy and random choices; an illegal action (outside `[0, n_i)`) is applied
@@ -45,13 +46,14 @@ byte each in the replay buffer; the agent casts to float32). Every other env kee
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxmt.envs.base import Family, TaskEnv, vmap_envs
+from purejaxmt.envs.base import Family, vmap_envs
 
 # Every env of Gymnax 1.0's registry with a discrete action space, in registry order, except MNISTBandit-bsuite
 # (its constructor downloads MNIST). A literal so that `task_names()`, which `envs.make` calls for every provider,
@@ -119,8 +121,8 @@ class GymnaxFamily(Family):
         if task_name not in DISCRETE_TASKS:
             raise ValueError(
                 f"Unknown Gymnax task {task_name!r}: this provider offers Gymnax's discrete-action envs only (not "
-                f"continuous ones such as Pendulum-v1, nor MNISTBandit-bsuite, which downloads MNIST); known: "
-                f"{sorted(DISCRETE_TASKS)}.")
+                f"continuous ones such as Pendulum-v1, which purejaxmt.envs.gymnax_continuous offers, nor "
+                f"MNISTBandit-bsuite, which downloads MNIST); known: {sorted(DISCRETE_TASKS)}.")
         import gymnax  # here, not at the top: importing Gymnax takes seconds
 
         kwargs = {"use_minimal_action_set": bool(minimal_action_set)} if is_minatar(task_name) else {}

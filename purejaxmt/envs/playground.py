@@ -1,8 +1,13 @@
 """MuJoCo Playground DM Control tasks as task-axis families (continuous actions).
 
 Task names are kebab-case versions of Playground's names (`CheetahRun` -> `cheetah-run`, `BallInCup` ->
-`ball-in-cup`, `CartpoleSwingup` -> `cartpole-swingup`), derived from `registry.dm_control_suite.ALL_ENVS`. Every
-env is loaded with `registry.load(name, config_overrides={"impl": "jax"})` (the default Warp impl is NVIDIA-only).
+`ball-in-cup`, `CartpoleSwingup` -> `cartpole-swingup`): `DM_CONTROL_TASKS`, a literal list that
+tests/test_envs.py checks against `registry.dm_control_suite.ALL_ENVS`. Every env is loaded with
+`registry.load(name, config_overrides={"impl": "jax"})` (the default Warp impl is NVIDIA-only).
+
+Importing this module imports neither MuJoCo nor MuJoCo Playground (that takes seconds, and `envs.resolve`,
+`envs.list_tasks` and `envs.make` of other providers' tasks import every provider module): they are imported when a
+family is built.
 
 - `PlaygroundFamily`: any one Playground DM Control env, vmapped over `[1, E]`; Playground's own `reset`/`step`.
 - `HumanoidFamily`: humanoid-stand / -walk / -run as ONE MJX model vmapped over `[n_tasks, E]`; the target move
@@ -24,25 +29,56 @@ MJX re-implementations, not dm_control itself.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from mujoco import mjx
-from mujoco_playground import registry
-from mujoco_playground._src import mjx_env
-from mujoco_playground._src import reward as pg_reward
-from mujoco_playground._src.dm_control_suite import humanoid as pg_humanoid
 
 from purejaxmt.envs.base import Family, vmap_envs
 
-# Target horizontal speed of the centre of mass (m/s) per humanoid task; 0 selects the "stand still" reward.
+if TYPE_CHECKING:  # annotations only: the module must not import MuJoCo (see the module docstring)
+    from mujoco import mjx
+
+# Every Playground DM Control env (`registry.dm_control_suite.ALL_ENVS` of Playground 0.2.0, in its order) under its
+# kebab-case name. A literal so that `task_names()`, which `envs.resolve` and `envs.make` call for every provider,
+# does not import Playground; tests/test_envs.py checks it against Playground's registry.
+DM_CONTROL_TASKS: tuple[str, ...] = (
+    "acrobot-swingup",
+    "acrobot-swingup-sparse",
+    "ball-in-cup",
+    "cartpole-balance",
+    "cartpole-balance-sparse",
+    "cartpole-swingup",
+    "cartpole-swingup-sparse",
+    "cheetah-run",
+    "finger-spin",
+    "finger-turn-easy",
+    "finger-turn-hard",
+    "fish-swim",
+    "hopper-hop",
+    "hopper-stand",
+    "humanoid-stand",
+    "humanoid-walk",
+    "humanoid-run",
+    "pendulum-swingup",
+    "point-mass",
+    "reacher-easy",
+    "reacher-hard",
+    "swimmer-swimmer6",
+    "walker-run",
+    "walker-stand",
+    "walker-walk",
+)
+
+# Target horizontal speed of the centre of mass (m/s) per humanoid task; 0 selects the "stand still" reward. Literal
+# values of Playground's `humanoid.WALK_SPEED` and `RUN_SPEED` (tests/test_envs.py checks them), for the same reason.
 HUMANOID_SPEEDS = {
     "humanoid-stand": 0.0,
-    "humanoid-walk": pg_humanoid.WALK_SPEED,
-    "humanoid-run": pg_humanoid.RUN_SPEED,
+    "humanoid-walk": 1.0,
+    "humanoid-run": 10.0,
 }
 
 
@@ -51,18 +87,22 @@ def kebab(playground_name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", playground_name).lower()
 
 
-def _playground_names() -> dict[str, str]:
-    """kebab-case task name -> Playground env name, for every Playground DM Control env."""
+def playground_names() -> dict[str, str]:
+    """kebab-case task name -> Playground env name, for every Playground DM Control env (imports Playground)."""
+    from mujoco_playground import registry
+
     return {kebab(name): name for name in registry.dm_control_suite.ALL_ENVS}
 
 
 def task_names() -> tuple[str, ...]:
-    return tuple(_playground_names())
+    return DM_CONTROL_TASKS
 
 
 def load(task_name: str) -> Any:
     """The Playground env of a task, always with the pure-JAX MJX implementation."""
-    names = _playground_names()
+    from mujoco_playground import registry  # here, not at the top: importing Playground takes seconds
+
+    names = playground_names()
     if task_name not in names:
         raise ValueError(f"Unknown Playground DM Control task {task_name!r}; known: {sorted(names)}.")
     return registry.load(names[task_name], config_overrides={"impl": "jax"})
@@ -157,6 +197,8 @@ class HumanoidFamily(Family):
         self._step_envs = vmap_envs(self._step_one)
 
     def _step_one(self, data, action, move_speed):
+        from mujoco_playground._src import mjx_env
+
         data = mjx_env.step(self.env.mjx_model, data, action, self.env.n_substeps)
         return data, self.env._get_obs(data, {}), humanoid_reward(self.env, data, action, move_speed)
 
@@ -181,6 +223,9 @@ def humanoid_reward(env: Any, data: mjx.Data, action: jax.Array, move_speed: jax
     `stand * move * small_control`, where `move` is "do not move" (speed 0) or a linear ramp up to the target
     speed; the tolerance calls whose bounds do not depend on the speed are Playground's own.
     """
+    from mujoco_playground._src import reward as pg_reward
+    from mujoco_playground._src.dm_control_suite import humanoid as pg_humanoid
+
     standing = pg_reward.tolerance(
         env._head_height(data), bounds=(pg_humanoid._STAND_HEIGHT, float("inf")), margin=pg_humanoid._STAND_HEIGHT / 4)
     upright = pg_reward.tolerance(

@@ -1,0 +1,53 @@
+"""What a run trains on and how the host drives it; presets bundle it with the agent's and the loop's configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from purejaxmt.offpolicy import LoopConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The host's settings (the agent's live in the agent's `Config`, the loop's in `offpolicy.LoopConfig`)."""
+
+    tasks: str = "humanoid"
+    """A task-set name or comma-separated task names (see `purejaxmt.envs.list_tasks()`)."""
+    seeds: int = 1
+    """Independent runs, vmapped in one program (and sharded over devices when there are several)."""
+    seed: int = 0
+    """Seed of the first run; run i uses `PRNGKey(seed + i)`, so vmapped seed i equals a single run with that seed."""
+    episode_length: int | None = None
+    """Override the tasks' episode length (None: the tasks' own, 1000 for DM Control)."""
+    minimal_action_set: bool = False
+    """MinAtar games: Gymnax's minimal action set per game, with a legal-action mask, instead of the full 6 actions."""
+    eval_every: int = 10
+    """Evaluate every this many chunks (and after the last)."""
+    checkpoint_every: int = 10
+    """Checkpoint every this many chunks (and at exit, including SIGINT/SIGTERM)."""
+    save_replay: bool = True
+    """Keep the replay buffer in checkpoints; without it a resumed run refills from empty and is not the same run."""
+    xla_optimization_level: int = 3
+    """XLA backend optimisation level (0-3) of the compiled programs. On a CPU, 1 compiles an MJX humanoid step in
+    about half the time of 3 and runs it about 1.4x slower (docs/results.md): worth it for short runs."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)} must be >= 1" for name in ("seeds", "eval_every", "checkpoint_every")
+                    if getattr(self, name) < 1]
+        if self.episode_length is not None and self.episode_length < 1:
+            problems.append(f"episode_length={self.episode_length} must be >= 1 (or None)")
+        if self.xla_optimization_level not in (0, 1, 2, 3):
+            problems.append(f"xla_optimization_level={self.xla_optimization_level} must be 0, 1, 2 or 3")
+        if problems:
+            raise ValueError("Invalid run config: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named starting point of an experiment: the agent's config, the loop's and the host's."""
+
+    agent: Any
+    loop: LoopConfig
+    run: RunConfig
+    description: str = ""

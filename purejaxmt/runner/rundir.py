@@ -1,0 +1,118 @@
+"""Run directories and their metrics log: `runs/<experiment>/<timestamp>/{config.json, metrics.jsonl, ...}`.
+
+`config.json` is the resolved config record (what `run` prints first); a resume must ask for the same record.
+`metrics.jsonl` has one flat row per chunk and run: `chunk`, `seed`, `wall_time`, the program's scalar metrics by
+their own names (`step` is env steps per task), per-task metrics as `train/<task>/<name>`, evaluations as
+`eval/<task>/<name>`. Runs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from purejaxmt import plotting
+
+
+def config_record(experiment: str, agent_module: Any, agent_config: Any, loop_config: Any, run_config: Any,
+                  preset: str | None) -> dict:
+    record = {"experiment": experiment, "agent_module": agent_module.__name__, "preset": preset,
+              "agent": dataclasses.asdict(agent_config), "loop": dataclasses.asdict(loop_config),
+              "run": dataclasses.asdict(run_config)}
+    # As JSON has it (tuples become lists), so a record compares equal to the one saved in config.json on resume.
+    return json.loads(json.dumps(record))
+
+
+def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for name in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(name, "<missing>"), wanted.get(name, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            diffs.append(f"{prefix}{name}: saved {a!r}, requested {b!r}")
+    return diffs
+
+
+def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(root) / experiment / stamp
+
+
+def load_saved_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume from {run_dir}: no config.json there (is it a purejaxmt run dir?)")
+    return json.loads(path.read_text())
+
+
+def check_resumable(run_dir: Path, record: dict) -> None:
+    """Raises unless `run_dir` was started with the same config (all but the preset's name)."""
+    saved = load_saved_config(run_dir)
+    keys = [key for key in record if key != "preset"]
+    diffs = differences({k: saved.get(k) for k in keys}, {k: record[k] for k in keys})
+    if diffs:
+        raise ValueError(f"cannot resume {run_dir}: it was run with a different config; nothing was changed there. "
+                         "Differences: " + "; ".join(diffs))
+
+
+def check_new(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run dir {run_dir} already exists and is not empty: pass --resume {run_dir} to "
+                              "continue it, or choose a new --run-dir (runs are never overwritten)")
+
+
+def _to_python(value: np.ndarray) -> float | int | None:
+    value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_rows(metrics: dict, task_names: tuple[str, ...] | list[str], seeds: list[int], chunk: int,
+                 wall_time: float, evaluation: dict | None) -> list[dict]:
+    """One flat row per run (`seeds[i]` is run i's seed): per-task `[T]` fields `train/<task>/<name>`, scalars by
+    name, evaluation fields `eval/<task>/<name>`."""
+    metrics = jax.device_get(metrics)
+    evaluation = jax.device_get(evaluation) if evaluation is not None else None
+    rows = []
+    for index, seed in enumerate(seeds):
+        row = {"chunk": chunk, "seed": seed, "wall_time": round(wall_time, 3)}
+        for name, value in metrics.items():
+            value = np.asarray(value[index])
+            if value.ndim == 1:
+                row.update({f"train/{task}/{name}": _to_python(v) for task, v in zip(task_names, value)})
+            else:
+                row[name] = _to_python(value)
+        for name, value in (evaluation or {}).items():
+            row.update({f"eval/{task}/{name}": _to_python(v) for task, v in zip(task_names, np.asarray(value[index]))})
+        rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: Path, last_chunk: int) -> float:
+    """Drops lines past the checkpoint being resumed (a run killed between its log and its checkpoint) and returns
+    the wall time already spent."""
+    if not path.exists():
+        return 0.0
+    kept = [row for row in plotting.read_metrics(path) if row["chunk"] <= last_chunk]
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    return max((row["wall_time"] for row in kept), default=0.0)
+
+
+def last_logged_chunk(run_dir: Path) -> int:
+    path = Path(run_dir) / "metrics.jsonl"
+    return max((row["chunk"] for row in plotting.read_metrics(path)), default=0) if path.is_file() else 0
+
+
+def mean_return(rows: list[dict], task_names: tuple[str, ...] | list[str], split: str) -> str:
+    values = [row.get(f"{split}/{task}/return") for row in rows for task in task_names]
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.1f}" if values else "-"
