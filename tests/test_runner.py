@@ -168,7 +168,7 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, env):
         runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=resumed)
 
 
-def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, env):
     with pytest.raises(ValueError, match="no-such-task"):
         runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="Pendulum-v1,no-such-task"),
                    run_dir=tmp_path / "a")
@@ -183,7 +183,13 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
         runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, minimal_action_set=True), run_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="brc is for continuous actions"):
         runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="CartPole-v1"), run_dir=tmp_path / "d")
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ValueError, match=r"the env given to run has tasks \['Pendulum-v1'\].*MountainCarContinuous"):
+        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="MountainCarContinuous-v0"), env=env,
+                   run_dir=tmp_path / "e")
+    with pytest.raises(ValueError, match=r"episode lengths \[25\].*episode_length=30"):
+        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, episode_length=30), env=env,
+                   run_dir=tmp_path / "f")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_command_line_presets_shorthands_and_help(capsys, monkeypatch):

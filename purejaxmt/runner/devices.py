@@ -57,6 +57,12 @@ def batched_init(program: Program, keys: jax.Array, hypers: Hyper) -> Any:
     return state.replace(**{name: getattr(state, name)[0] for name in _lockstep_fields(state)})
 
 
+def abstract_states(program: Program, keys: jax.Array) -> Any:
+    """The shapes of `batched_init` with the program's settings for every run, traced, nothing run or allocated."""
+    hypers = repeat_hyper(program.hyper, len(keys))
+    return jax.eval_shape(lambda k, h: batched_init(program, k, h), keys, hypers)
+
+
 def vmap_train_chunk(program: Program, state: Any) -> Callable:
     """`program.train_chunk` over the runs axis of `state` (lockstep fields unbatched; see `runs_axes`)."""
     axes = runs_axes(state)

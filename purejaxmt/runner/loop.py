@@ -46,11 +46,21 @@ def abstract_run(agent_module: ModuleType, agent_config: Any, loop_config: offpo
     Returns the shapes `{"state", "metrics", "evaluation"}`; raises whatever a real run would raise at start."""
     program = offpolicy.make(agent_module, agent_config, loop_config, make_env(run_config) if env is None else env)
     keys = seed_keys(run_config)
-    hypers = devices.repeat_hyper(program.hyper, run_config.seeds)
-    state = jax.eval_shape(lambda k, h: devices.batched_init(program, k, h), keys, hypers)
+    state = devices.abstract_states(program, keys)
     state_out, metrics = jax.eval_shape(devices.vmap_train_chunk(program, state), state)
     evaluation = jax.eval_shape(devices.vmap_evaluate(program, state), state, keys)
     return {"state": state_out, "metrics": metrics, "evaluation": evaluation}
+
+
+def _check_env_matches(env: Any, run_config: RunConfig) -> None:
+    tasks = envs.resolve(run_config.tasks)
+    lengths = set(env.episode_length)
+    if tuple(env.task_names) != tasks or (run_config.episode_length is not None
+                                          and lengths != {run_config.episode_length}):
+        raise ValueError(f"the env given to run has tasks {list(env.task_names)} and episode lengths "
+                         f"{list(env.episode_length)}, but run_config asks for tasks={run_config.tasks!r} "
+                         f"({list(tasks)}) and episode_length={run_config.episode_length}: pass the env of that "
+                         "run_config, or no env")
 
 
 class _StopRequest:
@@ -97,7 +107,10 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(experiment, runs_root)
         rundir.check_new(run_dir)
 
-    env = make_env(run_config) if env is None else env
+    if env is None:
+        env = make_env(run_config)
+    else:  # the config record must describe the env that is trained on
+        _check_env_matches(env, run_config)
     program = offpolicy.make(agent_module, agent_config, loop_config, env)
     task_names, num_chunks, steps_per_chunk = program.task_names, loop_config.num_chunks, loop_config.steps_per_chunk
     replay_bytes = devices.check_replay_fits(program, run_config.seeds)
@@ -107,9 +120,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         return state if run_config.save_replay else state.replace(replay=None)
 
     if resume is not None:  # before any compile or allocation: the traced layout of the state this run would build
-        hypers = devices.repeat_hyper(program.hyper, run_config.seeds)
-        checkpoints.check_layout(run_dir, saveable(jax.eval_shape(
-            lambda k, h: devices.batched_init(program, k, h), keys, hypers)))
+        checkpoints.check_layout(run_dir, saveable(devices.abstract_states(program, keys)))
     # Initialise before touching the disk: config errors that need the env surface here, and nothing is written.
     print(f"[purejaxmt] initialising {run_config.seeds} seed(s) on {list(task_names)} (compiles the env reset)",
           flush=True)
