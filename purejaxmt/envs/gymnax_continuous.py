@@ -27,13 +27,13 @@ MountainCarContinuous: position, velocity); rewards float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from purejaxmt.envs.base import Family, vmap_envs
+from purejaxmt.envs.base import Family
+from purejaxmt.envs.gymnax_tasks import GymnaxEnvFamily
 
 # Gymnax 1.0's continuous classic-control envs (the `-v*` names with a Box action space), in registry order. A literal
 # so that `task_names()` does not import Gymnax; tests/test_gymnax_continuous_envs.py checks it against the registry.
@@ -49,29 +49,26 @@ def build(tasks: Sequence[str]) -> list[Family]:
     return [GymnaxContinuousFamily(task) for task in tasks]
 
 
-class GymnaxContinuousFamily(Family):
-    """One continuous Gymnax env, vmapped over `[1, E]` with Gymnax's own `reset_env` and `step_env` and default
-    params; actions in [-1, 1] are scaled to the env's bounds (see the module docstring).
+class GymnaxContinuousFamily(GymnaxEnvFamily):
+    """One continuous Gymnax env (see `gymnax_tasks.GymnaxEnvFamily`: stepping, time limits, terminal flags); actions
+    in [-1, 1] are scaled to the env's bounds (see the module docstring).
 
-    The inner state is Gymnax's env state (leaves `[1, E, ...]`). `terminal` is `step_env`'s termination flag (no
-    time limit in it); the time limit `params.max_steps_in_episode` is `episode_length`, applied by the `TaskEnv`.
-
-    Attributes (besides `Family`'s): `env`, `params` (Gymnax's), `low`, `high` (np f32[action_size]: the env's
-    action bounds, what -1 and 1 map to).
+    Attributes (besides `GymnaxEnvFamily`'s): `low`, `high` (np f32[action_size]: the env's action bounds, what -1
+    and 1 map to).
     """
 
     def __init__(self, task_name: str):
         if task_name not in CONTINUOUS_TASKS:
             raise ValueError(f"Unknown continuous Gymnax task {task_name!r}; known: {list(CONTINUOUS_TASKS)} (the "
                              "discrete Gymnax envs are in purejaxmt.envs.gymnax_tasks).")
-        import gymnax  # here, not at the top: importing Gymnax takes seconds
-        from gymnax.environments import spaces
+        from gymnax.environments import spaces  # here, not at the top: importing Gymnax takes seconds
 
-        self.env, self.params = gymnax.make(task_name)
+        self._load(task_name, obs_dtype=np.float32)
         space = self.env.action_space(self.params)
         if not isinstance(space, spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"{task_name}: expected a Box action space of rank 1, got {space}.")
-        self.task_names = (task_name,)
+        if len(self.obs_shape) != 1:
+            raise ValueError(f"{task_name}: only flat vector observations are supported, got shape {self.obs_shape}.")
         self.action_size = int(space.shape[0])
         self.low = np.broadcast_to(np.asarray(space.low, np.float32), space.shape).copy()
         self.high = np.broadcast_to(np.asarray(space.high, np.float32), space.shape).copy()
@@ -80,32 +77,10 @@ class GymnaxContinuousFamily(Family):
                              f"{self.high}].")
         self._center = (self.high + self.low) / 2
         self._half_range = (self.high - self.low) / 2
-        self.episode_length = int(self.params.max_steps_in_episode)
-        obs = jax.eval_shape(lambda key: self.env.reset_env(key, self.params)[0], jax.random.PRNGKey(0))
-        if len(obs.shape) != 1:
-            raise ValueError(f"{task_name}: only flat vector observations are supported, got shape {obs.shape}.")
-        self.obs_shape = tuple(obs.shape)
-        self.obs_dtype = np.dtype(np.float32)
-        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
-        self._reset_envs = vmap_envs(self._reset_one)
-        self._step_envs = vmap_envs(self._step_one)
 
     def scale(self, action: jax.Array) -> jax.Array:
         """Actions in [-1, 1] (`[..., action_size]`, clipped to it first) -> the env's bounds."""
         return self._center + jnp.clip(action.astype(jnp.float32), -1.0, 1.0) * self._half_range
 
-    def _reset_one(self, key):
-        obs, state = self.env.reset_env(key, self.params)
-        return state, obs.astype(jnp.float32)
-
-    def _step_one(self, key, state, action):
-        obs, state, reward, terminated, _ = self.env.step_env(key, state, self.scale(action), self.params)
-        return (state, obs.astype(jnp.float32), jnp.asarray(reward, jnp.float32).reshape(()),
-                jnp.asarray(terminated, bool).reshape(()))
-
-    def reset(self, keys):
-        return self._reset_envs(keys)
-
-    def step(self, inner: Any, action: jax.Array, keys: jax.Array):
-        inner, obs, reward, terminal = self._step_envs(keys, inner, action)
-        return inner, obs, reward, terminal, jnp.zeros(terminal.shape, bool)
+    def _env_action(self, action: jax.Array) -> jax.Array:
+        return self.scale(action)

@@ -107,14 +107,55 @@ def build(tasks: Sequence[str], minimal_action_set: bool = False) -> list[Family
     return [GymnaxFamily(task, minimal_action_set=minimal_action_set) for task in tasks]
 
 
-class GymnaxFamily(Family):
-    """One Gymnax env, vmapped over `[1, E]` with Gymnax's own `reset_env` and `step_env` and default params.
+class GymnaxEnvFamily(Family):
+    """What every Gymnax family shares: one Gymnax env vmapped over `[1, E]` with Gymnax's own `reset_env` and
+    `step_env` and default params. The inner state is Gymnax's env state (leaves `[1, E, ...]`). `terminal` is
+    `step_env`'s termination flag (no time limit in it); the time limit `params.max_steps_in_episode` is
+    `episode_length`, applied by the `TaskEnv`. Subclasses set the action layout and `_env_action`.
 
-    The inner state is Gymnax's env state (leaves `[1, E, ...]`). `terminal` is `step_env`'s termination flag (no
-    time limit in it); the time limit `params.max_steps_in_episode` is `episode_length`, applied by the `TaskEnv`.
+    Attributes (besides `Family`'s): `env`, `params` (Gymnax's).
+    """
 
-    Attributes (besides `Family`'s): `env`, `params` (Gymnax's), `action_set` (np int[num_actions]: the Gymnax
-    full-set id of each action; `arange(num_actions)` for non-MinAtar envs).
+    def _load(self, task_name: str, obs_dtype: Any = None, **make_kwargs: Any) -> None:
+        """Makes the Gymnax env; `obs_dtype` None keeps Gymnax's observation dtype."""
+        import gymnax  # here, not at the top: importing Gymnax takes seconds
+
+        self.env, self.params = gymnax.make(task_name, **make_kwargs)
+        self.task_names = (task_name,)
+        self.episode_length = int(self.params.max_steps_in_episode)
+        obs = jax.eval_shape(lambda key: self.env.reset_env(key, self.params)[0], jax.random.PRNGKey(0))
+        self.obs_shape = tuple(obs.shape)
+        self.obs_dtype = np.dtype(obs.dtype if obs_dtype is None else obs_dtype)
+        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
+        self._reset_envs = vmap_envs(self._reset_one)
+        self._step_envs = vmap_envs(self._step_one)
+
+    def _env_action(self, action: jax.Array) -> jax.Array:
+        """One env's action as this family receives it -> the action Gymnax's `step_env` takes."""
+        raise NotImplementedError
+
+    def _reset_one(self, key):
+        obs, state = self.env.reset_env(key, self.params)
+        return state, obs.astype(self.obs_dtype)
+
+    def _step_one(self, key, state, action):
+        obs, state, reward, terminated, _ = self.env.step_env(key, state, self._env_action(action), self.params)
+        return (state, obs.astype(self.obs_dtype), jnp.asarray(reward, jnp.float32).reshape(()),
+                jnp.asarray(terminated, bool).reshape(()))
+
+    def reset(self, keys):
+        return self._reset_envs(keys)
+
+    def step(self, inner: Any, action: jax.Array, keys: jax.Array):
+        inner, obs, reward, terminal = self._step_envs(keys, inner, action)
+        return inner, obs, reward, terminal, jnp.zeros(terminal.shape, bool)
+
+
+class GymnaxFamily(GymnaxEnvFamily):
+    """One discrete Gymnax env (see `GymnaxEnvFamily`).
+
+    Attributes (besides `GymnaxEnvFamily`'s): `action_set` (np int[num_actions]: the Gymnax full-set id of each
+    action; `arange(num_actions)` for non-MinAtar envs).
     """
 
     def __init__(self, task_name: str, minimal_action_set: bool = False):
@@ -123,38 +164,13 @@ class GymnaxFamily(Family):
                 f"Unknown Gymnax task {task_name!r}: this provider offers Gymnax's discrete-action envs only (not "
                 f"continuous ones such as Pendulum-v1, which purejaxmt.envs.gymnax_continuous offers, nor "
                 f"MNISTBandit-bsuite, which downloads MNIST); known: {sorted(DISCRETE_TASKS)}.")
-        import gymnax  # here, not at the top: importing Gymnax takes seconds
-
-        kwargs = {"use_minimal_action_set": bool(minimal_action_set)} if is_minatar(task_name) else {}
-        self.env, self.params = gymnax.make(task_name, **kwargs)
-        self.task_names = (task_name,)
+        minatar = is_minatar(task_name)
+        self._load(task_name, obs_dtype=np.uint8 if minatar else None,
+                   **({"use_minimal_action_set": bool(minimal_action_set)} if minatar else {}))
         self.num_actions = int(self.env.action_space(self.params).n)
-        self.action_set = (np.asarray(self.env.action_set, np.int32) if is_minatar(task_name)
+        self.action_set = (np.asarray(self.env.action_set, np.int32) if minatar
                            else np.arange(self.num_actions, dtype=np.int32))
-        self.episode_length = int(self.params.max_steps_in_episode)
-        obs = jax.eval_shape(lambda key: self.env.reset_env(key, self.params)[0], jax.random.PRNGKey(0))
-        self.obs_shape = tuple(obs.shape)
-        self.obs_dtype = np.dtype(np.uint8) if is_minatar(task_name) else np.dtype(obs.dtype)
-        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
-        self._reset_envs = vmap_envs(self._reset_one)
-        self._step_envs = vmap_envs(self._step_one)
 
-    def _obs(self, obs: jax.Array) -> jax.Array:
-        return obs.astype(self.obs_dtype)
-
-    def _reset_one(self, key):
-        obs, state = self.env.reset_env(key, self.params)
-        return state, self._obs(obs)
-
-    def _step_one(self, key, state, action):
-        obs, state, reward, terminated, _ = self.env.step_env(key, state, action, self.params)
-        return state, self._obs(obs), jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, bool)
-
-    def reset(self, keys):
-        return self._reset_envs(keys)
-
-    def step(self, inner: Any, action: jax.Array, keys: jax.Array):
+    def _env_action(self, action: jax.Array) -> jax.Array:
         action = action.astype(jnp.int32)
-        action = jnp.where((action >= 0) & (action < self.num_actions), action, 0)  # illegal -> action 0
-        inner, obs, reward, terminal = self._step_envs(keys, inner, action)
-        return inner, obs, reward, terminal, jnp.zeros(terminal.shape, bool)
+        return jnp.where((action >= 0) & (action < self.num_actions), action, 0)  # illegal -> action 0
