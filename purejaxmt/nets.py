@@ -67,11 +67,17 @@ class TaskEmbedding(nn.Module):
         return task_embedding / norm
 
 
+TASK_CONDITIONINGS = ("embedding", "one_hot", "none")
+
+
 class Critic(nn.Module):
     """An ensemble of `num_members` independent categorical BroNets on `[obs, action, task_embedding]`.
 
-    The members share one task-embedding table (it is learned only through the critic loss; the actor reads it with
-    stop-gradient through `embed`). A single-task critic has no table.
+    `conditioning` says what stands in the task-embedding slot (the paper's ablation): "embedding", the learnable
+    unit-norm table the members share (it is learned only through the critic loss; the actor reads it with
+    stop-gradient through `embed`); "one_hot", a fixed one-hot of the task id (no parameters); "none", nothing. A
+    single-task critic has no task input under any of them. `num_bins` is the output size of each member: the
+    categorical logits, or 1 for a scalar Q head (the mean-squared-error ablation).
     """
 
     width: int
@@ -81,9 +87,12 @@ class Critic(nn.Module):
     embed_dim: int = 32
     num_members: int = 2
     dtype: Dtype = jnp.float32
+    conditioning: str = "embedding"
 
     def setup(self) -> None:
-        if self.num_tasks > 1:
+        if self.conditioning not in TASK_CONDITIONINGS:
+            raise ValueError(f"Critic: conditioning={self.conditioning!r}; choose one of {TASK_CONDITIONINGS}")
+        if self.num_tasks > 1 and self.conditioning == "embedding":
             self.task_embedding = TaskEmbedding(self.num_tasks, self.embed_dim)
         # Stacked parameters ([num_members, ...] on every leaf) with independent initialisation per member; the same
         # input is fed to every member (in_axes=None).
@@ -97,14 +106,19 @@ class Critic(nn.Module):
         )
         self.members = ensemble(self.width, self.depth, self.num_bins, self.dtype)
 
-    def embed(self, task_ids: chex.Array) -> chex.Array:  # int[...] -> [..., embed_dim] (or [..., 0])
-        """The unit-norm task embedding, or an empty `[..., 0]` array for a single-task critic."""
-        if self.num_tasks == 1:
+    def embed(self, task_ids: chex.Array) -> chex.Array:  # int[...] -> [..., embed_dim | num_tasks | 0]
+        """The task input of critic and actor: the unit-norm task embedding, the one-hot of the task id, or an
+        empty `[..., 0]` array (conditioning "none", or a single-task critic)."""
+        if self.num_tasks == 1 or self.conditioning == "none":
             return jnp.zeros((*task_ids.shape, 0), jnp.float32)
+        if self.conditioning == "one_hot":
+            chex.assert_type(task_ids, int)
+            return jax.nn.one_hot(task_ids, self.num_tasks, dtype=jnp.float32)
         return self.task_embedding(task_ids)
 
     def __call__(self, obs: chex.Array, action: chex.Array, task_ids: chex.Array) -> chex.Array:
-        """`obs [..., O]`, `action [..., A]`, `task_ids int[...]` -> logits `[num_members, ..., K]` (float32)."""
+        """`obs [..., O]`, `action [..., A]`, `task_ids int[...]` -> outputs `[num_members, ..., num_bins]`
+        (float32)."""
         chex.assert_equal_shape_prefix([obs, action], obs.ndim - 1)
         chex.assert_shape(task_ids, obs.shape[:-1])
         inputs = jnp.concatenate([obs, action, self.embed(task_ids)], axis=-1)

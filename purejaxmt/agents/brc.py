@@ -8,6 +8,9 @@ Reads as the method section of Nauman et al. (2025), "Bigger, Regularized, Categ
 4. losses             `critic_loss` (categorical soft TD), `actor_loss`, `temperature_loss`.
 5. `update`           critic step, Polyak target update, actor step, temperature step.
 
+Two of the paper's ablations are `Config` switches (they change parameter shapes, so they are not `Hyper` data):
+`critic_loss="mse"` (scalar Q heads, squared soft-TD error) and `task_conditioning="one_hot" | "none"`.
+
 The loop that acts, stores, samples and evaluates is `purejaxmt.offpolicy`, shared with every agent.
 Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch, `M` critics, `K` atoms, `A` padded action size.
 """
@@ -46,6 +49,12 @@ class Config:
     actor_depth: int = 1
     embed_dim: int = 32
     """Width of the unit-norm task embedding (unused when there is a single task)."""
+    task_conditioning: str = "embedding"
+    """What tells critic and actor the task, fed where the paper feeds the embedding: "embedding" the learned
+    unit-norm table, "one_hot" a fixed one-hot of the task id (no parameters), "none" nothing (ablations)."""
+    critic_loss: str = "categorical"
+    """The paper's "categorical" cross-entropy against the projected target, or the "mse" ablation: one scalar head
+    per member regressed on the soft TD target by squared error (`num_bins`, `v_min` then unused by the critic)."""
     num_bins: int = 101
     v_min: float = -10.0
     v_max: float = 10.0
@@ -88,6 +97,10 @@ class Config:
             problems.append(f"compute_dtype={self.compute_dtype!r}; choose 'float32', 'bfloat16' or 'float16'")
         if self.entropy_correction not in ("fixed", "policy", "none"):
             problems.append(f"entropy_correction={self.entropy_correction!r}; choose 'fixed', 'policy' or 'none'")
+        if self.task_conditioning not in nets.TASK_CONDITIONINGS:
+            problems.append(f"task_conditioning={self.task_conditioning!r}; choose 'embedding', 'one_hot' or 'none'")
+        if self.critic_loss not in ("categorical", "mse"):
+            problems.append(f"critic_loss={self.critic_loss!r}; choose 'categorical' or 'mse'")
         if problems:
             raise ValueError("Invalid BRC config: " + "; ".join(problems))
 
@@ -149,12 +162,16 @@ class Agent:
         self.num_tasks, self.obs_dim, self.action_dim = spec.num_tasks, spec.obs_shape[0], spec.action.size
         self.action_mask = jnp.asarray(spec.action.mask, bool)                         # [T, A]
         self.entropy_correction = config.entropy_correction
-        self.v_max = config.v_max
+        self.v_max = config.v_max  # read by the reward normaliser whatever the critic loss
+        self.categorical = config.critic_loss == "categorical"
         self.support = categorical.make_support(config.num_bins, config.v_min, config.v_max)
         dtype = jnp.dtype(config.compute_dtype)
-        self.critic = nets.Critic(width=config.critic_width, depth=config.critic_depth, num_bins=config.num_bins,
-                                  num_tasks=self.num_tasks, embed_dim=config.embed_dim,
-                                  num_members=config.num_critics, dtype=dtype)
+        # The "mse" ablation gives each member one scalar output in place of the num_bins logits; the task input
+        # (embedding, one-hot or none) is the critic's, and the actor reads the same through `embed`.
+        self.critic = nets.Critic(width=config.critic_width, depth=config.critic_depth,
+                                  num_bins=config.num_bins if self.categorical else 1, num_tasks=self.num_tasks,
+                                  embed_dim=config.embed_dim, num_members=config.num_critics, dtype=dtype,
+                                  conditioning=config.task_conditioning)
         self.actor = nets.Actor(action_dim=self.action_dim, width=config.actor_width, depth=config.actor_depth,
                                 dtype=dtype)
 
@@ -203,40 +220,53 @@ class Agent:
     # ------------------------------------------------------------------------------------------------------------------
     # 4. Losses
     # ------------------------------------------------------------------------------------------------------------------
+    def q_value(self, critic_outputs: jax.Array) -> jax.Array:
+        """Q(s, a) `[...]` from the members' outputs `[M, ..., K]`: the expectation of the ensemble-mean
+        probabilities, or (critic_loss "mse") the ensemble-mean scalar `[M, ..., 1]`."""
+        if self.categorical:
+            return categorical.expectation(jax.nn.softmax(critic_outputs, axis=-1).mean(axis=0), self.support)
+        return critic_outputs[..., 0].mean(axis=0)
+
     def critic_loss(self, critic_params: Params, learner: Learner, batch: dict[str, jax.Array],
                     reward_scale: jax.Array, key: jax.Array) -> tuple[jax.Array, Metrics]:
-        """Cross-entropy of each critic against the projected categorical soft-TD target, mean over the batch, summed
-        over the critics."""
+        """Cross-entropy of each critic against the projected categorical soft-TD target (or, critic_loss "mse",
+        squared error against the scalar soft-TD target), mean over the batch, summed over the critics."""
         task_id, action_mask = batch["task_id"], self.action_mask[batch["task_id"]]
         temperature = jnp.exp(learner.log_temperature)
 
-        # Target: a' ~ pi(s'); mean of the target critics' probabilities; atoms shifted to r + d (z - alpha log pi),
-        # d = gamma^m (1 - terminal) (truncated episodes bootstrap).
+        # Target side: a' ~ pi(s') and the target critic at (s', a'); d = gamma^m (1 - terminal), so truncated
+        # episodes still bootstrap.
         task_embedding = jax.lax.stop_gradient(self.critic.apply(critic_params, task_id, method=nets.Critic.embed))
         next_action, next_log_prob = self._policy(learner.actor_params, batch["next_obs"], task_embedding, key,
                                                   action_mask)
-        target_logits = self.critic.apply(learner.critic_target_params, batch["next_obs"], next_action, task_id)
-        target_probs = jax.nn.softmax(target_logits, axis=-1).mean(axis=0)                        # [B, K]
+        target_outputs = self.critic.apply(learner.critic_target_params, batch["next_obs"], next_action, task_id)
         reward = batch["reward"] * reward_scale[task_id]
         bootstrap = batch["discount"] * (1.0 - batch["terminal"].astype(jnp.float32))
-        target_atoms = reward[:, None] + bootstrap[:, None] * (self.support - temperature * next_log_prob[:, None])
-        target_probs = jax.lax.stop_gradient(categorical.project(target_atoms, target_probs, self.support))
-
-        logits = self.critic.apply(critic_params, batch["obs"], batch["action"], task_id)           # [M, B, K]
-        loss = categorical.cross_entropy(logits, jnp.broadcast_to(target_probs, logits.shape)).mean(axis=-1).sum()
-        q_value = categorical.expectation(jax.nn.softmax(logits, axis=-1).mean(axis=0), self.support)
+        outputs = self.critic.apply(critic_params, batch["obs"], batch["action"], task_id)     # [M, B, K] or [M, B, 1]
+        if self.categorical:
+            # Mean of the target critics' probabilities, atoms shifted to r + d (z - alpha log pi), projected back.
+            target_probs = jax.nn.softmax(target_outputs, axis=-1).mean(axis=0)                       # [B, K]
+            target_atoms = reward[:, None] + bootstrap[:, None] * (self.support - temperature * next_log_prob[:, None])
+            target_probs = jax.lax.stop_gradient(categorical.project(target_atoms, target_probs, self.support))
+            loss = categorical.cross_entropy(outputs, jnp.broadcast_to(target_probs, outputs.shape)).mean(axis=-1).sum()
+        else:
+            # The ablation: y = r + d (Q'(s', a') - alpha log pi(a'|s')) with Q' the MEAN of the target members, as
+            # the categorical target averages their probabilities (not SAC's minimum): only the loss changes.
+            next_q = self.q_value(target_outputs)                                                     # [B]
+            target_q = jax.lax.stop_gradient(reward + bootstrap * (next_q - temperature * next_log_prob))
+            loss = jnp.square(outputs[..., 0] - target_q).mean(axis=-1).sum()
+        q_value = self.q_value(outputs)
         return loss, {"critic_loss": loss, "q_mean": q_value.mean(), "normalized_reward": reward.mean()}
 
     def actor_loss(self, actor_params: Params, learner: Learner, batch: dict[str, jax.Array], key: jax.Array
                    ) -> tuple[jax.Array, Metrics]:
-        """alpha * log pi(a|s) - Q(s, a), with Q the expectation of the ensemble-mean probabilities. The actor reads
-        the task embedding through a stop-gradient: the embedding is learned by the critic loss alone."""
+        """alpha * log pi(a|s) - Q(s, a), with Q the expectation of the ensemble-mean probabilities (`q_value`). The
+        actor reads the task embedding through a stop-gradient: the embedding is learned by the critic loss alone."""
         task_id, action_mask = batch["task_id"], self.action_mask[batch["task_id"]]
         task_embedding = jax.lax.stop_gradient(
             self.critic.apply(learner.critic_params, task_id, method=nets.Critic.embed))
         action, log_prob = self._policy(actor_params, batch["obs"], task_embedding, key, action_mask)
-        logits = self.critic.apply(learner.critic_params, batch["obs"], action, task_id)
-        q_value = categorical.expectation(jax.nn.softmax(logits, axis=-1).mean(axis=0), self.support)
+        q_value = self.q_value(self.critic.apply(learner.critic_params, batch["obs"], action, task_id))
         loss = (jnp.exp(learner.log_temperature) * log_prob - q_value).mean()
         return loss, {"actor_loss": loss, "entropy": -log_prob.mean(), "log_prob": log_prob}
 
