@@ -1,0 +1,49 @@
+"""The report of an ablation sweep: final-score table with 95% bootstrap CIs (IQM over seeds), probabilities of
+improvement and learning curves (purejaxmt.ablation says how each number is made).
+
+    python experiments/ablate.py runs/sweeps/critic_loss/20261101-120000                 # every setting vs the first
+    python experiments/ablate.py SWEEP_DIR --last-k 3                                    # final = mean of last 3 evals
+    python experiments/ablate.py SWEEP_DIR --pairs "critic_loss=mse:critic_loss=categorical" --reps 50000
+
+Writes SWEEP_DIR/ablation.md (paste-able), SWEEP_DIR/ablation.json and SWEEP_DIR/plots/*.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from purejaxmt import ablation, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    sweep_dir: Annotated[Path, tyro.conf.Positional]
+    """a sweep directory (with sweep.json)"""
+    last_k: int = 1
+    """a run's final score on a task is the mean of its last K evaluations"""
+    pairs: tuple[str, ...] = ()
+    """"A:B" pairs of setting labels: P(A > B) is reported for each (default: every setting vs the first)"""
+    reps: int = stats.DEFAULT_REPS
+    """bootstrap replications per confidence interval (rliable's papers use 50000)"""
+    seed: int = 0
+    """seed of the bootstraps"""
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = tyro.cli(Args, args=argv, description=__doc__)
+    try:
+        path = ablation.report(args.sweep_dir, last_k=args.last_k, pairs=args.pairs, reps=args.reps, seed=args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(path.read_text())
+    print(f"wrote {path}, {path.with_suffix('.json')} and {path.parent / 'plots'}/", file=sys.stderr)
+    return path
+
+
+if __name__ == "__main__":
+    main()
