@@ -4,6 +4,10 @@
     --tasks, --seeds, --steps shorthands for --run.tasks, --run.seeds and --loop.total-steps
     --run-dir, --resume       where a new run goes; continue a stopped one
     --single-task-baselines   one run per task instead, in sub-directories (runner.baselines)
+    --sweep F=v1,v2 (repeat)  settings x seeds in as few programs as the settings allow (runner.sweep)
+    --variant "F=v G=w"       a named setting on top of the preset, crossed with the sweep (repeatable)
+    --one-program             refuse a sweep that needs more than one compiled program
+    --coordinator-address, --num-processes, --process-id   a multi-process job (jax.distributed)
     --agent.<field>, --loop.<field>, --run.<field>   any field of the preset's configs
 """
 
@@ -20,7 +24,7 @@ import jax
 import tyro
 
 from purejaxmt.offpolicy import LoopConfig
-from purejaxmt.runner import baselines, loop, rundir
+from purejaxmt.runner import baselines, loop, rundir, sweep
 from purejaxmt.runner.config import Preset, RunConfig
 
 
@@ -51,6 +55,13 @@ class Command:
     run_dir: Path | None
     resume: Path | None
     single_task_baselines: bool = False
+    sweep: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    one_program: bool = False
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.sweep or self.variants)
 
 
 def parse_command(presets: dict[str, Preset], argv: list[str] | None = None,
@@ -91,6 +102,24 @@ def parse_command(presets: dict[str, Preset], argv: list[str] | None = None,
             "Train one agent per task instead, one after another, into <run dir>/<task>/, each with the same env "
             "steps and batch_size // number of tasks transitions per update (the multi-task batch's share).")],
          dataclasses.field(default=False)),
+        ("sweep", Annotated[tuple[str, ...], tyro.conf.UseAppendAction, arg(
+            "A swept field and its values, field=v1,v2 (agent.* or loop.*; repeat the flag for a cross product): "
+            "one vmapped program for settings that are data (learning rates, tau, gamma, normalisation), one "
+            "program per shape (widths, bins, critic loss, batch). Writes a sweep dir and its ablation report.")],
+         dataclasses.field(default=chosen.sweep)),
+        ("variant", Annotated[tuple[str, ...], tyro.conf.UseAppendAction, arg(
+            "A setting on top of the preset, 'field=v field2=w' ('' for the preset as is); repeat for several, "
+            "each crossed with --sweep.")],
+         dataclasses.field(default=chosen.variants)),
+        ("one_program", Annotated[bool, arg("Refuse a sweep whose settings need more than one compiled program.")],
+         dataclasses.field(default=False)),
+        ("coordinator_address", Annotated[str | None, arg(
+            "host:port of process 0 of a multi-process job (or JAX_COORDINATOR_ADDRESS); see README.")],
+         dataclasses.field(default=None)),
+        ("num_processes", Annotated[str | None, arg("Processes of the job (or JAX_NUM_PROCESSES).")],
+         dataclasses.field(default=None)),
+        ("process_id", Annotated[int | None, arg("This process's index in the job (or JAX_PROCESS_ID).")],
+         dataclasses.field(default=None)),
         ("agent", type(chosen.agent), dataclasses.field(default=chosen.agent)),
         ("loop", LoopConfig, dataclasses.field(default=chosen.loop)),
         ("run", RunConfig, dataclasses.field(default=chosen.run)),
@@ -105,18 +134,48 @@ def parse_command(presets: dict[str, Preset], argv: list[str] | None = None,
     if args.steps is not None:
         loop_config = dataclasses.replace(loop_config, total_steps=args.steps)
     return Command(preset=preset_name, agent=args.agent, loop=loop_config, run=run_config, run_dir=args.run_dir,
-                   resume=args.resume, single_task_baselines=args.single_task_baselines)
+                   resume=args.resume, single_task_baselines=args.single_task_baselines, sweep=tuple(args.sweep),
+                   variants=tuple(args.variant), one_program=args.one_program)
 
 
 def main(experiment: str, agent_module: ModuleType, presets: dict[str, Preset], argv: list[str] | None = None,
          description: str | None = None) -> Path:
-    """Parses the command line and runs it: one multi-task run, or `--single-task-baselines`."""
+    """Parses the command line and runs it: one multi-task run, a sweep, or `--single-task-baselines`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    initialize_distributed(argv)  # before anything starts JAX's backend
     command = parse_command(presets, argv, description)
     enable_compilation_cache()
     if command.single_task_baselines:
+        if command.is_sweep:
+            raise SystemExit("--single-task-baselines and --sweep/--variant do not combine: run them separately")
         return baselines.single_task_baselines(experiment, agent_module, command)
+    if command.is_sweep:
+        return sweep.run_sweep(experiment, agent_module, command)
     return loop.run(experiment, agent_module, command.agent, command.loop, command.run, run_dir=command.run_dir,
                     resume=command.resume, preset=command.preset)
+
+
+def initialize_distributed(argv: list[str]) -> bool:
+    """Joins a multi-process job (JAX's own multi-controller runtime, `jax.distributed.initialize`) when the command
+    line or the environment names one: `--coordinator-address host:port --num-processes N --process-id i`, or the
+    variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. On a TPU pod slice or under SLURM,
+    `--num-processes auto` lets JAX detect everything. Returns whether a job was joined."""
+    address = _peek_flag(argv, "--coordinator-address") or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    count = _peek_flag(argv, "--num-processes") or os.environ.get("JAX_NUM_PROCESSES")
+    index = _peek_flag(argv, "--process-id") or os.environ.get("JAX_PROCESS_ID")
+    if address is None and count is None and index is None:
+        return False
+    if count == "auto":
+        jax.distributed.initialize()
+    else:
+        if address is None or count is None or index is None:
+            raise SystemExit("a multi-process job needs all of --coordinator-address, --num-processes and "
+                             f"--process-id (got {address!r}, {count!r}, {index!r}), or --num-processes auto on a "
+                             "TPU pod or SLURM")
+        jax.distributed.initialize(address, num_processes=int(count), process_id=int(index))
+    print(f"[purejaxmt] process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+          f"of {jax.device_count()} devices", flush=True)
+    return True
 
 
 def _peek_flag(argv: list[str], flag: str) -> str | None:

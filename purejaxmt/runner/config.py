@@ -28,6 +28,9 @@ class RunConfig:
     """Checkpoint every this many chunks (and at exit, including SIGINT/SIGTERM)."""
     save_replay: bool = True
     """Keep the replay buffer in checkpoints; without it a resumed run refills from empty and is not the same run."""
+    devices: int | None = None
+    """Devices the runs are sharded over: None for every device of every process (the runs, padded to a multiple of
+    the device count, must be at least as many as the devices), or the first N of a single process."""
     xla_optimization_level: int = 3
     """XLA backend optimisation level (0-3) of the compiled programs. On a CPU, 1 compiles an MJX humanoid step in
     about half the time of 3 and runs it about 1.4x slower (docs/results.md): worth it for short runs."""
@@ -35,6 +38,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1" for name in ("seeds", "eval_every", "checkpoint_every")
                     if getattr(self, name) < 1]
+        if self.devices is not None and self.devices < 1:
+            problems.append(f"devices={self.devices} must be >= 1 (or None for all)")
         if self.episode_length is not None and self.episode_length < 1:
             problems.append(f"episode_length={self.episode_length} must be >= 1 (or None)")
         if self.xla_optimization_level not in (0, 1, 2, 3):
@@ -51,3 +56,7 @@ class Preset:
     loop: LoopConfig
     run: RunConfig
     description: str = ""
+    sweep: tuple[str, ...] = ()
+    """`--sweep` items (`field=v1,v2`) the preset runs unless the command line gives its own (runner.sweep)."""
+    variants: tuple[str, ...] = ()
+    """`--variant` items (`field=v field2=w`; empty: the preset as is) crossed with the sweep."""

@@ -1,9 +1,11 @@
-"""Seeds and devices: the runs axis (seeds, vmapped settings) of a `Program`, and its placement on the device mesh.
+"""Seeds and devices: the runs axis (settings x seeds) of a `Program`, and its placement on the device mesh.
 
 Runs are an outer `vmap` the agent never sees: every leaf of the batched `RunState` carries a leading runs axis but
 the lockstep counters (`RunState.LOCKSTEP_FIELDS`), which are the same in every run and stay unbatched scalars. On
-several devices the runs axis is sharded over a one-axis mesh (independent runs, no communication) and the lockstep
-scalars are replicated: the same program runs on 1 CPU, 1 GPU or a pod slice.
+several devices the runs axis is sharded over a one-axis mesh of all devices of all processes (independent runs, no
+communication; padded to a multiple of the device count) and the lockstep scalars are replicated: the same program
+runs on 1 CPU, 1 GPU or a pod slice. With several processes (`jax.distributed`), each process initialises, reads
+back and logs only the runs on its own devices (`local_runs`, `local_values`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,68 @@ def seed_keys(seed: int, seeds: int) -> jax.Array:
     return jnp.stack([jax.random.PRNGKey(seed + i) for i in range(seeds)])
 
 
-def seed_sharding(num_runs: int) -> NamedSharding | None:
-    """Shards the runs axis over all devices when it divides evenly; None (one device) otherwise."""
+def select_devices(num_devices: int | None = None) -> list[jax.Device]:
+    """The devices the runs are spread over: all devices of all processes, or the first `num_devices`."""
     devices = jax.devices()
-    if len(devices) == 1 or num_runs % len(devices):
+    if num_devices is None:
+        return devices
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(f"--run.devices {num_devices}: this job has {len(devices)} device(s) "
+                         f"({jax.process_count()} process(es)); choose 1 to {len(devices)}, or leave it unset for all")
+    if jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(f"--run.devices {num_devices}: with {jax.process_count()} processes every device of every "
+                         "process takes runs; leave --run.devices unset")
+    return devices[:num_devices]
+
+
+def padded_num_runs(num_runs: int, num_devices: int) -> int:
+    """Runs padded up to a multiple of the device count, so that every device holds as many runs; raises when
+    there are fewer runs than devices (most of the machine would idle)."""
+    if num_runs < num_devices:
+        raise ValueError(f"{num_runs} run(s) (settings x seeds) cannot fill {num_devices} devices: add seeds or "
+                         f"settings (at least {num_devices} runs), or use fewer devices with --run.devices "
+                         f"{num_runs}")
+    return -(-num_runs // num_devices) * num_devices
+
+
+def runs_sharding(devices: list[jax.Device]) -> NamedSharding | None:
+    """The runs axis split over a one-axis mesh of `devices`; None on a single device (no mesh needed)."""
+    if len(devices) == 1:
         return None
     return NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+
+
+def local_runs(sharding: NamedSharding | None, num_runs: int) -> np.ndarray:
+    """Indices of the runs whose data lives on this process's devices (all runs on one process)."""
+    if sharding is None:
+        return np.arange(num_runs)
+    slices = sharding.addressable_devices_indices_map((num_runs,)).values()
+    return np.unique(np.concatenate([np.arange(num_runs)[index[0]] for index in slices]))
+
+
+def local_values(tree: Any, rows: np.ndarray) -> Any:
+    """Rows `rows` (this process's runs, see `local_runs`) of a batched pytree (leaves `[R, ...]`, possibly spread
+    over processes, some leaves replicated) as NumPy arrays `[len(rows), ...]`. No communication: each process reads
+    the shards on its own devices."""
+    def local(leaf: jax.Array) -> np.ndarray:
+        if getattr(leaf, "is_fully_addressable", True):
+            return np.asarray(jax.device_get(leaf))[rows]
+        found: dict[int, np.ndarray] = {}
+        for shard in leaf.addressable_shards:
+            data = np.asarray(shard.data)
+            for position, run in enumerate(np.arange(leaf.shape[0])[shard.index[0]]):
+                found.setdefault(int(run), data[position])
+        return np.stack([found[int(run)] for run in rows])
+
+    return jax.tree.map(local, tree)
+
+
+def global_runs_array(local: Any, sharding: NamedSharding | None, num_runs: int) -> jax.Array:
+    """An array `[R, ...]` sharded over the runs axis from this process's rows `[local runs, ...]` (every process
+    passes its own; see `local_runs`)."""
+    if sharding is None:
+        return jnp.asarray(local)
+    return jax.make_array_from_process_local_data(sharding, local, (num_runs, *np.shape(local)[1:]))
 
 
 def _lockstep_fields(state: Any) -> tuple[str, ...]:
@@ -74,11 +132,16 @@ def vmap_evaluate(program: Program, state: Any) -> Callable:
     return jax.vmap(program.evaluate, in_axes=(runs_axes(state), 0))
 
 
-def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None) -> Any:
-    """The batched run state of all runs, placed on the devices: leaves `[R, ...]` sharded over the mesh when
-    there are several devices, the lockstep fields unbatched and replicated. `hypers` defaults to the program's
-    settings for every run."""
-    hypers = repeat_hyper(program.hyper, len(keys)) if hypers is None else hypers
+def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None,
+                sharding: NamedSharding | None = None) -> Any:
+    """The batched run state of all runs `[R, ...]`, the lockstep fields unbatched. `hypers` defaults to the
+    program's settings for every run. With a `sharding` (see `runs_sharding`) the runs axis is spread over its mesh
+    (of one or many processes) and the lockstep fields are replicated; each process initialises only its own runs."""
+    num_runs = len(keys)
+    hypers = repeat_hyper(program.hyper, num_runs) if hypers is None else hypers
+    mine = local_runs(sharding, num_runs)
+    if sharding is not None:
+        keys, hypers = keys[mine], jax.tree.map(lambda x: x[mine], hypers)
     # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers and an MJX reset
     # never completed its execution (a runtime deadlock, seen on 2 cores); op-by-op init costs a few seconds once,
     # and env.reset inside it is jitted on its own.
@@ -86,18 +149,23 @@ def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None) 
     # Op-by-op init can hand out one buffer twice (the target critic starts as the online critic): give every leaf
     # its own buffer, since the chunk donates them all.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-    sharding = seed_sharding(len(keys))
     if sharding is None:
         return state
     replicated = NamedSharding(sharding.mesh, PartitionSpec())
-    shardings = jax.tree.map(lambda axis: replicated if axis is None else sharding, runs_axes(state),
-                             is_leaf=lambda axis: axis is None)
-    return jax.device_put(state, shardings)
+
+    def place(axis: int | None, leaf: jax.Array | None) -> jax.Array | None:
+        if leaf is None:  # an empty node of the state (its axes tree has None there too)
+            return None
+        if axis is None:  # lockstep: the same value in every process
+            return jax.make_array_from_process_local_data(replicated, np.asarray(leaf), np.shape(leaf))
+        return global_runs_array(leaf, sharding, num_runs)
+
+    return jax.tree.map(place, runs_axes(state), state, is_leaf=lambda axis: axis is None)
 
 
 def device_memory_bytes() -> int:
     """Memory the replay buffers may use: the accelerator's limit, or the host's available memory on CPU."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # another process's devices cannot be asked
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
@@ -109,9 +177,11 @@ def device_memory_bytes() -> int:
         return 2**62  # unknown: do not block the run
 
 
-def check_replay_fits(program: Program, num_runs: int) -> int:
-    """The replay buffer's bytes per run, estimated before allocating it; a clear error when they cannot fit."""
+def check_replay_fits(program: Program, num_runs: int, num_devices: int = 1) -> int:
+    """The replay buffer's bytes per run, estimated before allocating it; a clear error when the runs of one device
+    (`num_runs / num_devices`) cannot fit it."""
     per_run = program.replay_nbytes
+    num_runs = -(-num_runs // num_devices)
     total, available = per_run * num_runs, device_memory_bytes()
     if total > 0.8 * available:
         raise MemoryError(

@@ -10,6 +10,7 @@ Depends on `offpolicy.Program` only: any agent with the `purejaxmt.agents.Agent`
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import signal
 import sys
@@ -20,7 +21,10 @@ from types import ModuleType
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from purejaxmt import envs, offpolicy, plotting
 from purejaxmt.runner import checkpoints, devices, rundir
@@ -91,15 +95,48 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a program: its seed, its settings (`None`: the program's own) and the fields that name it in each
+    metrics row (a sweep adds `run` and `setting`)."""
+
+    seed: int
+    hyper: offpolicy.Hyper | None = None
+    labels: dict = dataclasses.field(default_factory=dict)
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    if jax.process_index() == 0:  # one voice for a multi-host job
+        print(*args, **kwargs)
+
+
+def sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _any_process(flag: bool) -> bool:
+    """True when any process says so: the processes of a job stop after the same chunk (their checkpoints are one
+    collective save)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
 def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_config: offpolicy.LoopConfig,
         run_config: RunConfig, *, env: Any | None = None, run_dir: Path | None = None, resume: Path | None = None,
-        preset: str | None = None, progress_fn: ProgressFn | None = None, runs_root: Path = Path("runs")) -> Path:
+        preset: str | None = None, progress_fn: ProgressFn | None = None, runs_root: Path = Path("runs"),
+        runs: list[RunSpec] | None = None, record_extra: dict | None = None, plot: bool = True) -> Path:
     """Trains `agent_module`'s agent on `run_config.tasks` (or on a ready `env`) and returns the run directory.
 
-    `progress_fn(chunk, rows)` is called after each chunk with that chunk's metrics rows; returning False stops the
-    run as SIGINT does (checkpoint, then return).
+    The runs are `run_config.seeds` seeds from `run_config.seed` with the configs' settings, or the given `runs`
+    (a sweep's settings x seeds in one program; `record_extra` is saved in config.json with the configs). They are
+    padded to a multiple of the device count (copies of the first run, dropped from the logs) and sharded over all
+    devices of all processes. `progress_fn(chunk, rows)` is called after each chunk with this process's metrics rows;
+    returning False stops the run as SIGINT does (checkpoint, then return).
     """
     record = rundir.config_record(experiment, agent_module, agent_config, loop_config, run_config, preset)
+    record.update(json.loads(json.dumps(record_extra or {})))
     if resume is not None:
         run_dir = Path(resume)
         rundir.check_resumable(run_dir, record)
@@ -113,8 +150,17 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         _check_env_matches(env, run_config)
     program = offpolicy.make(agent_module, agent_config, loop_config, env)
     task_names, num_chunks, steps_per_chunk = program.task_names, loop_config.num_chunks, loop_config.steps_per_chunk
-    replay_bytes = devices.check_replay_fits(program, run_config.seeds)
-    keys, seeds = seed_keys(run_config), [run_config.seed + i for i in range(run_config.seeds)]
+    runs = runs if runs is not None else [RunSpec(seed=run_config.seed + i) for i in range(run_config.seeds)]
+    num_runs = len(runs)
+    device_list = devices.select_devices(run_config.devices)
+    padded = devices.padded_num_runs(num_runs, len(device_list))
+    sharding = devices.runs_sharding(device_list)
+    all_runs = runs + [runs[0]] * (padded - num_runs)  # padding: copies of run 0, never logged
+    keys = jnp.stack([jax.random.PRNGKey(spec.seed) for spec in all_runs])
+    hypers = jax.tree.map(lambda *xs: jnp.stack(xs),
+                          *[program.hyper if spec.hyper is None else spec.hyper for spec in all_runs])
+    mine = devices.local_runs(sharding, padded)
+    replay_bytes = devices.check_replay_fits(program, padded, len(device_list))
 
     def saveable(state: Any) -> Any:
         return state if run_config.save_replay else state.replace(replay=None)
@@ -122,21 +168,24 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     if resume is not None:  # before any compile or allocation: the traced layout of the state this run would build
         checkpoints.check_layout(run_dir, saveable(devices.abstract_states(program, keys)))
     # Initialise before touching the disk: config errors that need the env surface here, and nothing is written.
-    print(f"[purejaxmt] initialising {run_config.seeds} seed(s) on {list(task_names)} (compiles the env reset)",
-          flush=True)
-    state = devices.init_states(program, keys)
+    say(f"[purejaxmt] initialising {num_runs} run(s) on {list(task_names)} (compiles the env reset)", flush=True)
+    state = devices.init_states(program, keys, hypers, sharding)
+    run_keys = devices.global_runs_array(np.asarray(keys)[mine], sharding, padded)
 
-    print(f"[purejaxmt] {experiment}: {len(task_names)} tasks {list(task_names)}, {run_config.seeds} seed(s), "
-          f"{num_chunks} chunks of {steps_per_chunk} env steps per task, on "
-          f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-    print("[purejaxmt] resolved config:\n" + json.dumps(record, indent=2))
-    print(f"[purejaxmt] replay buffer: {replay_bytes / 2**20:.1f} MiB per seed")
+    padding = f" (+{padded - num_runs} padding)" if padded > num_runs else ""
+    say(f"[purejaxmt] {experiment}: {len(task_names)} tasks {list(task_names)}, {num_runs} run(s){padding}, "
+         f"{num_chunks} chunks of {steps_per_chunk} env steps per task, on {len(device_list)} x "
+         f"{device_list[0].device_kind} in {jax.process_count()} process(es)")
+    say("[purejaxmt] resolved config:\n" + json.dumps(record, indent=2))
+    say(f"[purejaxmt] replay buffer: {replay_bytes / 2**20:.1f} MiB per run")
+    sync("purejaxmt: run dir checked")  # no process writes before every process has checked the run dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    if resume is None and jax.process_index() == 0:
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
         checkpoints.write_layout(run_dir, saveable(state))
-    print(f"[purejaxmt] run dir: {run_dir}")
+    say(f"[purejaxmt] run dir: {run_dir}")
     checkpointer = checkpoints.Checkpointer(run_dir)
+    log_path = rundir.metrics_file(run_dir, jax.process_index())
 
     start_chunk, wall_offset = 0, 0.0
     if resume is not None:
@@ -145,22 +194,28 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
         restored = checkpointer.restore(last, saveable(state))
         state = restored if run_config.save_replay else restored.replace(replay=state.replay)
-        start_chunk, wall_offset = last, rundir.truncate_metrics(run_dir / "metrics.jsonl", last)
-        print(f"[purejaxmt] resumed from chunk {last} ({last * steps_per_chunk} env steps per task)")
+        start_chunk, wall_offset = last, rundir.truncate_metrics(log_path, last)
+        say(f"[purejaxmt] resumed from chunk {last} ({last * steps_per_chunk} env steps per task)")
+
+    def evaluate_at(state: Any, keys: jax.Array, chunk: jax.Array) -> dict:
+        return devices.vmap_evaluate(program, state)(state, jax.vmap(lambda key: jax.random.fold_in(key, chunk))(keys))
 
     compile_start = time.perf_counter()
     lowered = (jax.jit(devices.vmap_train_chunk(program, state), donate_argnums=0).lower(state),
-               jax.jit(devices.vmap_evaluate(program, state)).lower(state, keys))
+               jax.jit(evaluate_at).lower(state, run_keys, 0))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # XLA compiles the two programs in parallel
         options = {"xla_backend_optimization_level": run_config.xla_optimization_level}
         train_chunk, evaluate = pool.map(lambda program: program.compile(compiler_options=options), lowered)
-    print(f"[purejaxmt] compiled train chunk and evaluation in {time.perf_counter() - compile_start:.1f} s")
+    say(f"[purejaxmt] compiled train chunk and evaluation in {time.perf_counter() - compile_start:.1f} s")
 
-    steps_per_chunk_all = steps_per_chunk * len(task_names) * run_config.seeds
+    logged = mine < num_runs
+    labels = [{"seed": all_runs[i].seed, **all_runs[i].labels} for i in mine[logged]]
+    steps_per_chunk_all = steps_per_chunk * len(task_names) * num_runs
     bar = tqdm.tqdm(total=num_chunks * steps_per_chunk, initial=start_chunk * steps_per_chunk, unit="step",
-                    unit_scale=True, desc="env steps per task", dynamic_ncols=True)
+                    unit_scale=True, desc="env steps per task", dynamic_ncols=True,
+                    disable=jax.process_index() != 0)
     chunk, loop_start = start_chunk, time.perf_counter()
-    with _StopRequest() as stop, open(run_dir / "metrics.jsonl", "a") as log:
+    with _StopRequest() as stop, open(log_path, "a") as log:
         while chunk < num_chunks and not stop.requested:
             chunk_start = time.perf_counter()
             with jax.transfer_guard("disallow"):
@@ -170,9 +225,11 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             chunk_seconds = time.perf_counter() - chunk_start
             evaluation = None
             if chunk % run_config.eval_every == 0 or chunk == num_chunks:
-                evaluation = evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, chunk))(keys))
-            rows = rundir.metrics_rows(metrics, task_names, seeds, chunk,
-                                       wall_offset + time.perf_counter() - loop_start, evaluation)
+                evaluation = devices.local_values(evaluate(state, run_keys, chunk), mine)
+            local_metrics = devices.local_values(metrics, mine)
+            rows = rundir.metrics_rows(jax.tree.map(lambda x: x[logged], local_metrics), task_names,
+                                       labels, chunk, wall_offset + time.perf_counter() - loop_start,
+                                       jax.tree.map(lambda x: x[logged], evaluation))
             for row in rows:
                 row["env_steps_per_second"] = round(steps_per_chunk_all / chunk_seconds, 1)
                 log.write(json.dumps(row) + "\n")
@@ -182,13 +239,15 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                             ret=rundir.mean_return(rows, task_names, "train"), refresh=False)
             if progress_fn is not None and progress_fn(chunk, rows) is False:
                 stop.requested = True
+            stop.requested = _any_process(stop.requested)
             if chunk % run_config.checkpoint_every == 0 or chunk == num_chunks or stop.requested:
                 checkpointer.save(chunk, saveable(state))
     bar.close()
     checkpointer.close()
-    plotting.plot_learning_curves(run_dir, list(task_names))
+    if plot and jax.process_index() == 0:
+        plotting.plot_learning_curves(run_dir, list(task_names))
     if chunk < num_chunks:
-        print(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
+        say(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
     else:
-        print(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/, plots/)")
+        say(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/, plots/)")
     return run_dir

@@ -1,9 +1,10 @@
 """Run directories and their metrics log: `runs/<experiment>/<timestamp>/{config.json, metrics.jsonl, ...}`.
 
 `config.json` is the resolved config record (what `run` prints first); a resume must ask for the same record.
-`metrics.jsonl` has one flat row per chunk and run: `chunk`, `seed`, `wall_time`, the program's scalar metrics by
-their own names (`step` is env steps per task), per-task metrics as `train/<task>/<name>`, evaluations as
-`eval/<task>/<name>`. Runs are never overwritten.
+`metrics.jsonl` has one flat row per chunk and run: `chunk`, `seed` (and in a sweep `run` and `setting`),
+`wall_time`, the program's scalar metrics by their own names (`step` is env steps per task), per-task metrics as
+`train/<task>/<name>`, evaluations as `eval/<task>/<name>`. The processes of a multi-host job log their own runs,
+process i > 0 into `metrics.process-<i>.jsonl`. Runs are never overwritten.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from purejaxmt import plotting
@@ -76,15 +76,25 @@ def _to_python(value: np.ndarray) -> float | int | None:
     return value
 
 
-def metrics_rows(metrics: dict, task_names: tuple[str, ...] | list[str], seeds: list[int], chunk: int,
+def metrics_file(run_dir: Path, process: int = 0) -> Path:
+    """Where a process logs its runs' rows: `metrics.jsonl` (process 0, the only one of a single-host job) or
+    `metrics.process-<i>.jsonl`, so that the processes of a multi-host job never write one file."""
+    return Path(run_dir) / ("metrics.jsonl" if process == 0 else f"metrics.process-{process}.jsonl")
+
+
+def read_all_metrics(run_dir: Path) -> list[dict]:
+    """The rows of every process's metrics file of a run directory."""
+    paths = sorted(Path(run_dir).glob("metrics*.jsonl"))
+    return [row for path in paths for row in plotting.read_metrics(path)]
+
+
+def metrics_rows(metrics: dict, task_names: tuple[str, ...] | list[str], runs: list[dict], chunk: int,
                  wall_time: float, evaluation: dict | None) -> list[dict]:
-    """One flat row per run (`seeds[i]` is run i's seed): per-task `[T]` fields `train/<task>/<name>`, scalars by
-    name, evaluation fields `eval/<task>/<name>`."""
-    metrics = jax.device_get(metrics)
-    evaluation = jax.device_get(evaluation) if evaluation is not None else None
+    """One flat row per run, `runs[i]` (e.g. `{"seed": 3}`) naming row i of the NumPy `metrics` `[runs, ...]`:
+    per-task `[T]` fields `train/<task>/<name>`, scalars by name, evaluation fields `eval/<task>/<name>`."""
     rows = []
-    for index, seed in enumerate(seeds):
-        row = {"chunk": chunk, "seed": seed, "wall_time": round(wall_time, 3)}
+    for index, labels in enumerate(runs):
+        row = {"chunk": chunk, **labels, "wall_time": round(wall_time, 3)}
         for name, value in metrics.items():
             value = np.asarray(value[index])
             if value.ndim == 1:
@@ -108,8 +118,8 @@ def truncate_metrics(path: Path, last_chunk: int) -> float:
 
 
 def last_logged_chunk(run_dir: Path) -> int:
-    path = Path(run_dir) / "metrics.jsonl"
-    return max((row["chunk"] for row in plotting.read_metrics(path)), default=0) if path.is_file() else 0
+    """The last chunk any process of the run logged (0 for none)."""
+    return max((row["chunk"] for row in read_all_metrics(run_dir)), default=0)
 
 
 def mean_return(rows: list[dict], task_names: tuple[str, ...] | list[str], split: str) -> str:

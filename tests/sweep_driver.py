@@ -1,0 +1,41 @@
+"""A tiny BRC sweep on Gymnax Pendulum-v1, as a script, for the sweep tests that need fresh processes (8 fake devices;
+two processes of one `jax.distributed` job): `python tests/sweep_driver.py [command-line flags]`.
+
+`SWEEP_STOP_AT_CHUNK=k` (with `SWEEP_STOPPING_PROCESS=i`, default 0) makes process i ask to stop after chunk k, as
+SIGINT/SIGTERM would: every process of the job stops after that chunk and checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+
+from purejaxmt import offpolicy, runner
+from purejaxmt.agents import brc
+from purejaxmt.runner import cli, sweep
+
+EXPERIMENT = "tiny"
+AGENT = brc.Config(critic_width=32, critic_depth=1, actor_width=16, num_bins=21)
+LOOP = offpolicy.LoopConfig(batch_size=16, envs_per_task=2, updates_per_step=1, replay_capacity=256, random_steps=20,
+                            total_steps=120, steps_per_chunk=40, eval_episodes=2)
+RUN = runner.RunConfig(tasks="Pendulum-v1", seeds=2, episode_length=25, eval_every=1, checkpoint_every=1,
+                       xla_optimization_level=1)
+PRESETS = {"tiny": runner.Preset(agent=AGENT, loop=LOOP, run=RUN, description="a tiny Pendulum-v1 config")}
+
+
+def main(argv: list[str]) -> None:
+    cli.initialize_distributed(argv)
+    cli.enable_compilation_cache()
+    command = cli.parse_command(PRESETS, argv)
+    stop_at = int(os.environ.get("SWEEP_STOP_AT_CHUNK", "0"))
+    stopper = int(os.environ.get("SWEEP_STOPPING_PROCESS", "0"))
+
+    def progress(chunk: int, rows: list[dict]) -> bool:
+        return not (stop_at and chunk >= stop_at and jax.process_index() == stopper)
+
+    sweep.run_sweep(EXPERIMENT, brc, command, report=False, progress_fn=progress)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
