@@ -5,6 +5,8 @@
     python experiments/mjx_humanoid_mt.py --preset gpu                # ~20 minutes on one H100
     python experiments/mjx_humanoid_mt.py --preset paper --seeds 4    # the paper's settings, on a GPU/TPU
     python experiments/mjx_humanoid_mt.py --preset cpu --single-task-baselines   # one agent per task
+    python experiments/mjx_humanoid_mt.py --preset cpu-ablation       # categorical vs MSE vs no normaliser, 3 seeds
+    python experiments/mjx_humanoid_mt.py --preset paper-ablation     # BRC's central ablation table, on a GPU/TPU
 
 What a CPU user should expect (docs/results.md, 2-core CPU): the `cpu` preset on the humanoid takes about 25
 minutes (3-4 min compile, then ~15 env steps/s per task) and the humanoid does not visibly learn in its 20k env steps
@@ -51,6 +53,31 @@ PRESETS = {
         run=runner.RunConfig(tasks="humanoid", eval_every=2, checkpoint_every=2, xla_optimization_level=1),
         description="W=256 critic, 20k env steps per task: ~25 min on a 2-core CPU; the humanoid does not visibly "
                     "learn that soon (use --tasks dmc-small: ~12 min, cartpole-swingup learns)"),
+    "paper-ablation": runner.Preset(
+        # BRC's central table (BRC.md): the categorical loss with normalised rewards against the MSE loss, with and
+        # without the task embedding, at two critic widths: 8 programs (each of these changes shapes), trained one
+        # after another, each over the seeds in one vmapped program. At the `gpu` preset's budget, so that a sweep
+        # of 8 programs x 2 seeds fits a day on one GPU; raise --steps on a pod.
+        agent=dataclasses.replace(PAPER, critic_width=1024),
+        loop=dataclasses.replace(PAPER_LOOP, batch_size=768, envs_per_task=4, replay_capacity=300_000,
+                                 total_steps=300_000, steps_per_chunk=20_000, eval_episodes=4),
+        run=runner.RunConfig(tasks="humanoid", seeds=2, eval_every=1, checkpoint_every=5),
+        sweep=("agent.critic_loss=categorical,mse", "agent.task_conditioning=embedding,none",
+               "agent.critic_width=1024,4096"),
+        description="BRC's ablation table (categorical vs MSE, embedding vs none, W=1024 vs 4096), 2 seeds, 300k env "
+                    "steps per task: 8 programs, for a GPU/TPU"),
+    "cpu-ablation": runner.Preset(
+        # The CPU-sized ablation on dmc-small: BRC (categorical, normalised rewards) against the MSE loss and
+        # against no reward normaliser, 3 seeds each. BRC and no-normaliser differ only in data, so they are one
+        # vmapped program of 6 runs; MSE is a second program of 3. The `cpu` preset's networks, with one update of
+        # 128 per iteration of 2 envs per task, so that the 9 runs take about 40 minutes on a 2-core CPU.
+        agent=brc.Config(critic_width=256, critic_depth=1, actor_width=128),
+        loop=LoopConfig(batch_size=128, envs_per_task=2, updates_per_step=1, replay_capacity=50_000,
+                        random_steps=2_000, total_steps=16_000, steps_per_chunk=2_000, eval_episodes=2),
+        run=runner.RunConfig(tasks="dmc-small", seeds=3, eval_every=2, checkpoint_every=2, xla_optimization_level=1),
+        variants=("", "agent.critic_loss=mse", "loop.normalize_rewards=false"),
+        description="BRC vs MSE critic vs no reward normaliser on dmc-small, 3 seeds each, 16k env steps per task: "
+                    "2 programs, about 40 min on a 2-core CPU"),
     "smoke": runner.Preset(
         # eval_episodes == envs_per_task: the evaluation steps envs of the training shape, so JAX reuses the traced
         # MJX step instead of tracing it again (a cold smoke run took 181 s with 2 eval episodes, 156 s with 4).

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 
-from purejaxmt import runner
+from purejaxmt import offpolicy, runner
+from purejaxmt.runner import sweep
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -57,3 +59,39 @@ def test_preset_initialises_and_traces(script, preset):
     obs = state.replay.data["obs"]
     assert obs.shape[:3] == (seeds, num_tasks, chosen.loop.replay_capacity)
     assert obs.dtype == jax.numpy.dtype(env.obs_dtype)
+
+
+SWEEP_CASES = [(name, preset) for name, preset in CASES
+               if SCRIPTS[name].PRESETS[preset].sweep or SCRIPTS[name].PRESETS[preset].variants]
+
+
+def test_some_presets_are_sweeps():
+    assert {("mjx_humanoid_mt", "paper-ablation"), ("mjx_humanoid_mt", "cpu-ablation")} <= set(SWEEP_CASES)
+
+
+@pytest.mark.parametrize("script, preset", SWEEP_CASES, ids=[f"{s}-{p}" for s, p in SWEEP_CASES])
+def test_every_program_of_a_sweep_preset_traces(script, preset):
+    """The test above traces a sweep preset's base configs through the whole loop; here every program the sweep
+    would compile (each shape-changing setting) builds and traces one agent update, under `jax.eval_shape`."""
+    module = SCRIPTS[script]
+    chosen = module.PRESETS[preset]
+    plans = sweep.plan_programs(sweep.settings(chosen.sweep, chosen.variants, chosen.agent, chosen.loop), module.AGENT)
+    run_config = chosen.run
+    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set)
+    if env_key not in _ENVS:
+        _ENVS[env_key] = runner.make_env(run_config)
+    spec = _ENVS[env_key].spec
+    key = jax.random.PRNGKey(0)
+    for plan in plans:
+        agent_config, loop_config = sweep.apply(chosen.agent, chosen.loop, plan.settings[0].values)
+        program = offpolicy.make(module.AGENT, agent_config, loop_config, _ENVS[env_key])
+        learner = jax.eval_shape(program.agent.init, key, program.hyper.agent)
+        rows = loop_config.batch_size
+        batch = {name: jax.ShapeDtypeStruct((rows, *example.shape[1:]), example.dtype)
+                 for name, example in offpolicy.replay_example(spec).items()}
+        batch.update(discount=jax.ShapeDtypeStruct((rows,), jnp.float32),
+                     task_id=jax.ShapeDtypeStruct((rows,), jnp.int32))
+        updated, metrics = jax.eval_shape(program.agent.update, learner, program.hyper.agent, batch,
+                                          jnp.ones(spec.num_tasks), key, jnp.zeros((), jnp.int32))
+        assert jax.tree.structure(updated) == jax.tree.structure(learner), plan.name
+        assert metrics["critic_loss"].shape == (), plan.name
