@@ -162,3 +162,26 @@ def test_more_devices_than_runs_and_bad_device_counts_fail_clearly():
         devices.padded_num_runs(3, 4)
     with pytest.raises(ValueError, match="--run.devices 2: this job has 1 device"):
         devices.select_devices(2)
+
+
+def test_the_readme_sweep_commands_parse_and_plan():
+    from test_presets import SCRIPTS
+
+    humanoid = SCRIPTS["mjx_humanoid_mt"]
+    command = cli.parse_command(humanoid.PRESETS, [
+        "--preset", "cpu", "--tasks", "dmc-small", "--seeds", "4",
+        "--sweep", "agent.learning_rate=1e-4,3e-4", "--sweep", "agent.tau=0.005,0.01"])
+    plans = sweep.plan_programs(sweep.settings(command.sweep, command.variants, command.agent, command.loop), brc)
+    assert command.is_sweep and len(plans) == 1 and len(plans[0].settings) * command.run.seeds == 16
+    for preset, programs in (("cpu-ablation", 2), ("paper-ablation", 8)):
+        command = cli.parse_command(humanoid.PRESETS, ["--preset", preset])
+        points = sweep.settings(command.sweep, command.variants, command.agent, command.loop)
+        assert len(sweep.plan_programs(points, brc)) == programs, preset
+    # The multi-host flags of the README parse (joining a job is tests' two-process case above).
+    command = cli.parse_command(humanoid.PRESETS, [
+        "--preset", "paper-ablation", "--run-dir", "/shared/runs/ablation", "--coordinator-address", "host0:12345",
+        "--num-processes", "4", "--process-id", "0"])
+    assert command.run_dir == Path("/shared/runs/ablation")
+    assert cli.parse_command(humanoid.PRESETS, ["--preset", "paper-ablation", "--num-processes", "auto"]).is_sweep
+    with pytest.raises(SystemExit, match="needs all of --coordinator-address, --num-processes and --process-id"):
+        cli.initialize_distributed(["--coordinator-address", "host0:12345"])
