@@ -392,3 +392,63 @@ def report(sweep_dir: Path, last_k: int = 1, pairs: list[str] | tuple[str, ...] 
     path.write_text(markdown(summary))
     plot_curves(sweep, summary, reps, seed)
     return path
+
+
+# ---------------------------------------------------------------------------------------- multi-task vs single-task
+
+def _run_rows(run_dir: Path) -> dict[int, list[dict]]:
+    """A run directory's rows by seed (every process's metrics file), sorted by chunk."""
+    by_seed: dict[int, dict[int, dict]] = defaultdict(dict)
+    for path in sorted(Path(run_dir).glob("metrics*.jsonl")):
+        for row in _read_jsonl(path):
+            by_seed[row["seed"]][row["chunk"]] = row
+    return {seed: [chunks[c] for c in sorted(chunks)] for seed, chunks in by_seed.items()}
+
+
+def multi_vs_single(multi_task_dir: Path, single_task_dir: Path, out_dir: Path | None = None, last_k: int = 1,
+                    reps: int = stats.DEFAULT_REPS, seed: int = 0) -> Path:
+    """The paper's multi-task vs single-task comparison as an ablation report: the runs of a multi-task run dir
+    against the per-task runs of a `--single-task-baselines` dir (`<dir>/<task>/`, matched by seed), as two settings
+    `multi-task` and `single-task`. Writes `ablation.md`, `ablation.json` and `plots/` into `out_dir` (default
+    `<single_task_dir>/vs_multi_task/`) and returns the path of `ablation.md`."""
+    multi_task_dir, single_task_dir = Path(multi_task_dir), Path(single_task_dir)
+    for path in (multi_task_dir, single_task_dir):
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json: not a purejaxmt run dir")
+    single_config = json.loads((single_task_dir / "config.json").read_text())
+    tasks = single_config.get("single_task_baselines")
+    if not tasks:
+        raise ValueError(f"{single_task_dir} is not a --single-task-baselines dir (its config.json names no tasks)")
+    multi_rows = _run_rows(multi_task_dir)
+    single_rows = {task: _run_rows(single_task_dir / task) for task in tasks if (single_task_dir / task).is_dir()}
+    missing = [task for task in tasks if not any(f"eval/{task}/return" in row for rows in multi_rows.values()
+                                                 for row in rows)]
+    if missing:
+        raise ValueError(f"the multi-task run {multi_task_dir} has no evaluations of {missing}: compare runs of the "
+                         "same tasks")
+
+    runs, rows = [], {}
+    for seed_ in sorted(multi_rows):
+        runs.append({"name": f"multi-task/seed-{seed_}", "setting": "multi-task", "seed": seed_})
+        rows[runs[-1]["name"]] = multi_rows[seed_]
+    for seed_ in sorted({s for by_seed in single_rows.values() for s in by_seed}):
+        merged: dict[int, dict] = {}  # each task's run contributes its own task's fields, chunk by chunk
+        for task, by_seed in single_rows.items():
+            for row in by_seed.get(seed_, []):
+                entry = merged.setdefault(row["chunk"], {"chunk": row["chunk"], "step": row["step"]})
+                entry.update({key: value for key, value in row.items() if key.startswith(f"eval/{task}/")})
+        runs.append({"name": f"single-task/seed-{seed_}", "setting": "single-task", "seed": seed_})
+        rows[runs[-1]["name"]] = [merged[c] for c in sorted(merged)]
+
+    out_dir = Path(out_dir) if out_dir is not None else single_task_dir / "vs_multi_task"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"experiment": single_config.get("experiment"), "agent_module": single_config.get("agent_module"),
+            "preset": single_config.get("preset"),
+            "sweep": [f"multi-task: {multi_task_dir}", f"single-task: {single_task_dir}"]}
+    sweep = Sweep(out_dir, spec, ["multi-task", "single-task"], list(tasks), runs, rows)
+    summary = summarise(sweep, last_k, [("multi-task", "single-task")], reps, seed)
+    (out_dir / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
+    path = out_dir / "ablation.md"
+    path.write_text(markdown(summary))
+    plot_curves(sweep, summary, reps, seed)
+    return path

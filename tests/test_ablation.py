@@ -188,3 +188,37 @@ def test_cli(tmp_path, capsys):
     assert f"| {BASELINE} | {BETTER} | 0.00 [0.00, 0.00] |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="error: .*no sweep.json"):
         ablate.main([str(tmp_path)])
+
+
+def _write_run(run_dir: Path, rows: list[dict], config: dict) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_multi_task_vs_single_task_baselines(tmp_path):
+    # Multi-task: one run dir, rows per seed with both tasks; single-task: <dir>/<task>/ with that task's rows only,
+    # better by construction (BETTER's bases).
+    strip = ("run", "setting")
+    multi = [{k: v for k, v in row.items() if k not in strip} for s in SEEDS for row in _rows(BASELINE, s)]
+    _write_run(tmp_path / "mt", multi, {"experiment": "synthetic"})
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "config.json").write_text(json.dumps({"experiment": "synthetic_single_task",
+                                                             "single_task_baselines": TASKS}))
+    for task in TASKS:
+        other = next(t for t in TASKS if t != task)
+        rows = [{k: v for k, v in row.items() if k not in strip and other not in k}
+                for s in SEEDS for row in _rows(BETTER, s)]
+        _write_run(tmp_path / "st" / task, rows, {"experiment": "synthetic_single_task"})
+    path = ablation.multi_vs_single(tmp_path / "mt", tmp_path / "st", reps=REPS)
+    assert path == tmp_path / "st" / "vs_multi_task" / "ablation.md"
+    summary = json.loads(path.with_suffix(".json").read_text())
+    by_label = {s["label"]: s for s in summary["settings"]}
+    assert by_label["multi-task"]["runs"] == by_label["single-task"]["runs"] == 3
+    for task in TASKS:  # final scores: base + 10 * seed over seeds 0..2 -> IQM of 3 = their mean, base + 10
+        assert by_label["multi-task"]["tasks"][task]["point"] == pytest.approx(BASE[BASELINE][task] + 10)
+        assert by_label["single-task"]["tasks"][task]["point"] == pytest.approx(BASE[BETTER][task] + 10)
+    assert summary["pairs"][0]["probability"]["point"] == pytest.approx(0.0)  # P(multi-task > single-task)
+    assert (path.parent / "plots" / "cartpole-swingup.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="not a --single-task-baselines dir"):
+        ablation.multi_vs_single(tmp_path / "st", tmp_path / "mt")
