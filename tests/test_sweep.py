@@ -122,7 +122,7 @@ def test_two_processes_write_the_same_runs_and_resume_after_a_stop(unsharded, tm
                   env={"SWEEP_STOP_AT_CHUNK": "1", "SWEEP_STOPPING_PROCESS": "1"})
     program = tmp_path / "stopped" / "program-0"
     assert rundir.last_logged_chunk(program) == 1
-    two_processes([*SWEEP, "--resume", str(tmp_path / "stopped")])
+    two_processes(["--resume", str(tmp_path / "stopped")])  # the sweep is read from the sweep dir
     rows = by_run(program)
     assert len(rows) == 4 * LOOP.num_chunks
     assert_same_rows(rows, by_run(unsharded / "program-0"))

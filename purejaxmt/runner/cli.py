@@ -133,9 +133,14 @@ def parse_command(presets: dict[str, Preset], argv: list[str] | None = None,
         run_config = dataclasses.replace(run_config, seeds=args.seeds)
     if args.steps is not None:
         loop_config = dataclasses.replace(loop_config, total_steps=args.steps)
+    sweeps, variants = tuple(args.sweep), tuple(args.variant)
+    if resume is not None and not _given(argv, "--sweep") and not _given(argv, "--variant"):
+        # A sweep resumes from its directory alone: its sweep is saved there (a run dir saves none).
+        saved = rundir.load_saved_config(Path(resume))
+        sweeps, variants = tuple(saved.get("sweep", sweeps)), tuple(saved.get("variants", variants))
     return Command(preset=preset_name, agent=args.agent, loop=loop_config, run=run_config, run_dir=args.run_dir,
-                   resume=args.resume, single_task_baselines=args.single_task_baselines, sweep=tuple(args.sweep),
-                   variants=tuple(args.variant), one_program=args.one_program)
+                   resume=args.resume, single_task_baselines=args.single_task_baselines, sweep=sweeps,
+                   variants=variants, one_program=args.one_program)
 
 
 def main(experiment: str, agent_module: ModuleType, presets: dict[str, Preset], argv: list[str] | None = None,
@@ -176,6 +181,10 @@ def initialize_distributed(argv: list[str]) -> bool:
     print(f"[purejaxmt] process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
           f"of {jax.device_count()} devices", flush=True)
     return True
+
+
+def _given(argv: list[str], flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
 
 
 def _peek_flag(argv: list[str], flag: str) -> str | None:
