@@ -5,14 +5,16 @@
     python experiments/minatar_mt.py --preset cpu --tasks Breakout-MinAtar   # any subset, or a single game
     python experiments/minatar_mt.py --preset cpu --single-task-baselines    # one agent per game, same budget each
     python experiments/minatar_mt.py --preset cpu --run.minimal-action-set   # each game's own legal actions only
+    python experiments/minatar_mt.py --preset cpu --run.sticky-actions 0.1   # the original MinAtar's sticky actions
     python experiments/minatar_mt.py --preset paper --seeds 4                # BRC.md's settings, on a GPU/TPU
 
 Games: Breakout, Asterix, Freeway and SpaceInvaders (the task set `minatar`), Gymnax's full 6-action set, observations
 `uint8 [10, 10, 7]` (channels zero-padded). Writes runs/minatar_mt/<timestamp>/{config.json, metrics.jsonl,
 checkpoints/, plots/}. Any field of the configs can be overridden, e.g. `--agent.critic-width 1024`; `--help` lists
 them all. `--single-task-baselines` trains one agent per game into `<run dir>/<game>/` (purejaxmt.runner.baselines).
-Note: Gymnax's MinAtar has no sticky actions and cuts episodes at 1000 steps (Freeway 2500); compare with the
-original MinAtar's numbers with that in mind (purejaxmt/envs/gymnax_tasks.py).
+Note: Gymnax's MinAtar has no sticky actions (`--run.sticky-actions 0.1` adds the original's) and cuts episodes at
+1000 steps (Freeway 2500); compare with the original MinAtar's numbers with that in mind
+(purejaxmt/envs/gymnax_tasks.py).
 """
 
 import dataclasses

@@ -43,7 +43,7 @@ def test_preset_initialises_and_traces(script, preset):
     module = SCRIPTS[script]
     chosen = module.PRESETS[preset]
     run_config = chosen.run
-    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set)
+    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set, run_config.sticky_actions)
     if env_key not in _ENVS:
         _ENVS[env_key] = runner.make_env(run_config)
     env = _ENVS[env_key]
@@ -77,7 +77,7 @@ def test_every_program_of_a_sweep_preset_traces(script, preset):
     chosen = module.PRESETS[preset]
     plans = sweep.plan_programs(sweep.settings(chosen.sweep, chosen.variants, chosen.agent, chosen.loop), module.AGENT)
     run_config = chosen.run
-    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set)
+    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set, run_config.sticky_actions)
     if env_key not in _ENVS:
         _ENVS[env_key] = runner.make_env(run_config)
     spec = _ENVS[env_key].spec

@@ -8,7 +8,7 @@ control envs (`purejaxmt.envs.gymnax_continuous`: Pendulum-v1, MountainCarContin
 Discrete tasks come from Gymnax (`purejaxmt.envs.gymnax_tasks`: MinAtar, CartPole-v1 and Gymnax's other
 discrete-action envs under Gymnax's own names; read its docstring for the differences to the original MinAtar).
 `make` gives the MinAtar games Gymnax's full 6-action set; `make(..., minimal_action_set=True)` gives them their
-minimal action sets and legal-action masks.
+minimal action sets and legal-action masks; `make(..., sticky_actions=0.1)` the original MinAtar's sticky actions.
 
     env = make("humanoid")                                  # humanoid-stand, -walk, -run: T = 3
     state, obs = env.reset(key, envs_per_task=64)           # obs [3, 64, 67]
@@ -72,7 +72,7 @@ PROVIDERS: tuple[Provider, ...] = (
         module="purejaxmt.envs.gymnax_tasks",
         discrete=True,
         task_sets={"minatar": ("Breakout-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")},
-        options=("minimal_action_set",),
+        options=("minimal_action_set", "sticky_actions"),
     ),
     Provider(
         module="purejaxmt.envs.gymnax_continuous",
@@ -156,7 +156,8 @@ def make(tasks: str, *, episode_length: int | None = None, **options: Any) -> Ta
         `"minatar"`, `"classic-continuous"`.
       episode_length: time limit in steps for every task; None keeps the tasks' default (1000 for DM Control).
       **options: build options of the tasks' providers, each forwarded to the requested tasks' providers that take
-        it (`ValueError` if none does), e.g. `minimal_action_set=True` for MinAtar games (`gymnax_tasks.build`).
+        it (`ValueError` if none does), e.g. `minimal_action_set=True` or `sticky_actions=0.1` for MinAtar games
+        (`gymnax_tasks.build`).
     """
     owner = _task_providers()
     names = _resolve(tasks, owner)

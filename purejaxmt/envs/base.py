@@ -222,6 +222,13 @@ class Family(abc.ABC):
         `truncated` is the family's own truncation (most families: all False); the `TaskEnv` adds its time limit.
         """
 
+    def carry_over(self, ended: Any, fresh: Any) -> Any:
+        """The inner state a new episode starts from, given the ended episode's `ended` and a fresh reset `fresh`
+        (leaves `[n, E, ...]`, every env's; the `TaskEnv` keeps it only where an episode ended): what of an env
+        survives its episode boundary. Default: nothing (`fresh`). MinAtar's sticky actions keep the previous
+        action (`gymnax_tasks`)."""
+        return fresh
+
     def finite(self, inner: Any) -> jax.Array:
         """bool[n, E]: the env's state is finite. Default: every floating leaf of `inner` (all True when it has
         none). Override to check less (e.g. only positions and velocities)."""
@@ -484,6 +491,7 @@ class TaskEnv:
         def do_reset(operand):
             inner, obs = operand
             fresh_inner, fresh_obs = fresh_from_pool() if pool is not None else fresh_from_reset()
+            fresh_inner = family.carry_over(inner, fresh_inner)
             inner = jax.tree.map(lambda new, old: jnp.where(_expand(done, old), new, old), fresh_inner, inner)
             obs = jnp.where(_expand(done, obs), fresh_obs, obs)
             return inner, obs

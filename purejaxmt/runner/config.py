@@ -22,6 +22,9 @@ class RunConfig:
     """Override the tasks' episode length (None: the tasks' own, 1000 for DM Control)."""
     minimal_action_set: bool = False
     """MinAtar games: Gymnax's minimal action set per game, with a legal-action mask, instead of the full 6 actions."""
+    sticky_actions: float = 0.0
+    """Probability that a MinAtar env repeats its previous action (0.1 is the original MinAtar protocol; Gymnax has
+    none: 0, the default)."""
     eval_every: int = 10
     """Evaluate every this many chunks (and after the last)."""
     checkpoint_every: int = 10
@@ -42,6 +45,8 @@ class RunConfig:
             problems.append(f"devices={self.devices} must be >= 1 (or None for all)")
         if self.episode_length is not None and self.episode_length < 1:
             problems.append(f"episode_length={self.episode_length} must be >= 1 (or None)")
+        if not 0.0 <= self.sticky_actions <= 1.0:  # False for NaN too
+            problems.append(f"sticky_actions={self.sticky_actions} must be a probability in [0, 1]")
         if self.xla_optimization_level not in (0, 1, 2, 3):
             problems.append(f"xla_optimization_level={self.xla_optimization_level} must be 0, 1, 2 or 3")
         if problems:

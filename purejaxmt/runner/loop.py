@@ -36,6 +36,8 @@ ProgressFn = Callable[[int, list[dict]], Any]
 def make_env(run_config: RunConfig) -> envs.TaskEnv:
     """The run's `TaskEnv`. Env options are passed only when set, as each applies to some providers' tasks only."""
     options = {"minimal_action_set": True} if run_config.minimal_action_set else {}
+    if run_config.sticky_actions > 0:
+        options["sticky_actions"] = run_config.sticky_actions
     return envs.make(run_config.tasks, episode_length=run_config.episode_length, **options)
 
 
