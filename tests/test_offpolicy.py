@@ -15,6 +15,7 @@ import pytest
 from purejaxmt import envs, offpolicy
 from purejaxmt.agents import brc, brc_discrete
 from purejaxmt.envs import ActionSpec, EnvSpec
+from purejaxmt.runner import devices
 
 GAMMA = 0.99  # LoopConfig's default
 # Pendulum (continuous BRC, n-step returns): 2 envs per task, 30 iterations a chunk, the first 10 random (20 env steps
@@ -190,6 +191,24 @@ def test_one_program_runs_a_vmapped_batch_of_learning_rates(pendulum):
     difference = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)))
     assert difference > 1e-3, difference
     assert not np.allclose(metrics["critic_loss"][0], metrics["critic_loss"][1])
+
+
+def test_a_runs_axis_of_one_run_is_the_run_itself(pendulum):
+    """The runner batches a single run too: over a runs axis of size 1 the chunk and the evaluation run un-vmapped
+    (`runner.devices.vmap_train_chunk`), so they give the single run bit for bit (a batched size-1 program differs in
+    float rounding and, on XLA:CPU, ran ~1.4x slower), and the lockstep counters stay unbatched."""
+    program, (initial, single, single_metrics) = pendulum.program, pendulum.runs[0]
+    states = jax.tree.map(lambda x: x[None], initial.replace(iteration=None, num_updates=None)).replace(
+        iteration=initial.iteration, num_updates=initial.num_updates)
+    states_after, metrics = jax.jit(devices.vmap_train_chunk(program, states))(states)
+    assert states_after.iteration.shape == () and states_after.num_updates.shape == ()
+    jax.tree.map(np.testing.assert_array_equal, row_of(states_after, 0), single)
+    jax.tree.map(lambda got, want: np.testing.assert_array_equal(got[0], want), metrics, single_metrics)
+
+    keys = jax.random.split(pendulum.key, 1)
+    evaluation = jax.jit(devices.vmap_evaluate(program, states_after))(states_after, keys)
+    want = jax.jit(program.evaluate)(single, keys[0])
+    jax.tree.map(lambda got, want: np.testing.assert_array_equal(got[0], want), evaluation, want)
 
 
 def test_continuous_brc_learns_from_n_step_returns(pendulum):
