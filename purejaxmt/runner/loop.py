@@ -251,5 +251,5 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     if chunk < num_chunks:
         say(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
     else:
-        say(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/, plots/)")
+        say(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/{', plots/' if plot else ''})")
     return run_dir
