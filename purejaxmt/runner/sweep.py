@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import time
 import types
 import typing
 from pathlib import Path
@@ -246,13 +247,16 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
                     path.write_text(json.dumps({**run_record, "setting": point.label, "values": point.values,
                                                 "program": plan.name}, indent=2) + "\n")
 
-    for plan in plans:
+    sweep_start = time.perf_counter()
+    for number, plan in enumerate(plans, start=1):
         program_dir = root / plan.name
         # The program's configs are its first setting's: the others differ only in data (their `Hyper`s).
         agent_config, loop_config = apply(command.agent, command.loop, plan.settings[0].values)
         if rundir.last_logged_chunk(program_dir) >= loop_config.num_chunks:
-            loop.say(f"[purejaxmt] {plan.name}: already finished")
+            loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}): already finished")
             continue
+        loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}, {time.perf_counter() - sweep_start:.0f} s into "
+                 f"the sweep): {[point.label for point in plan.settings]} x {len(seeds)} seed(s)")
         runs = []
         for point in plan.settings:
             hyper = offpolicy.hyper_of(agent_module, *apply(command.agent, command.loop, point.values))
