@@ -386,7 +386,11 @@ def report(sweep_dir: Path, last_k: int = 1, pairs: list[str] | tuple[str, ...] 
     `pairs`: "A:B" strings (P(A > B) is reported for each); default every setting against the baseline (the first).
     `reps`: bootstrap replications per interval; `seed`: the bootstraps' seed (the report is deterministic)."""
     sweep = load_sweep(sweep_dir)
-    summary = summarise(sweep, last_k, parse_pairs(pairs, sweep.labels), reps, seed)
+    return _write(sweep, summarise(sweep, last_k, parse_pairs(pairs, sweep.labels), reps, seed), reps, seed)
+
+
+def _write(sweep: Sweep, summary: dict, reps: int, seed: int) -> Path:
+    """`ablation.json`, `ablation.md` and `plots/` of a summary, into `sweep.dir`; returns the path of the table."""
     (sweep.dir / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
     path = sweep.dir / "ablation.md"
     path.write_text(markdown(summary))
@@ -446,9 +450,4 @@ def multi_vs_single(multi_task_dir: Path, single_task_dir: Path, out_dir: Path |
             "preset": single_config.get("preset"),
             "sweep": [f"multi-task: {multi_task_dir}", f"single-task: {single_task_dir}"]}
     sweep = Sweep(out_dir, spec, ["multi-task", "single-task"], list(tasks), runs, rows)
-    summary = summarise(sweep, last_k, [("multi-task", "single-task")], reps, seed)
-    (out_dir / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
-    path = out_dir / "ablation.md"
-    path.write_text(markdown(summary))
-    plot_curves(sweep, summary, reps, seed)
-    return path
+    return _write(sweep, summarise(sweep, last_k, [("multi-task", "single-task")], reps, seed), reps, seed)

@@ -32,6 +32,13 @@ CASES = [(name, preset) for name, module in SCRIPTS.items() for preset in getatt
 _ENVS: dict = {}  # one env per (tasks, episode length, options): JAX reuses the traced env step across presets
 
 
+def _env(run_config: runner.RunConfig):
+    key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set, run_config.sticky_actions)
+    if key not in _ENVS:
+        _ENVS[key] = runner.make_env(run_config)
+    return _ENVS[key]
+
+
 def test_the_main_experiments_have_presets():
     assert {"mjx_humanoid_mt", "minatar_mt"} <= {name for name, _ in CASES}
     for name in ("mjx_humanoid_mt", "minatar_mt"):
@@ -43,10 +50,7 @@ def test_preset_initialises_and_traces(script, preset):
     module = SCRIPTS[script]
     chosen = module.PRESETS[preset]
     run_config = chosen.run
-    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set, run_config.sticky_actions)
-    if env_key not in _ENVS:
-        _ENVS[env_key] = runner.make_env(run_config)
-    env = _ENVS[env_key]
+    env = _env(run_config)
     shapes = runner.abstract_run(module.AGENT, chosen.agent, chosen.loop, run_config, env=env)
 
     num_tasks, seeds = len(env.task_names), run_config.seeds
@@ -76,15 +80,12 @@ def test_every_program_of_a_sweep_preset_traces(script, preset):
     module = SCRIPTS[script]
     chosen = module.PRESETS[preset]
     plans = sweep.plan_programs(sweep.settings(chosen.sweep, chosen.variants, chosen.agent, chosen.loop), module.AGENT)
-    run_config = chosen.run
-    env_key = (run_config.tasks, run_config.episode_length, run_config.minimal_action_set, run_config.sticky_actions)
-    if env_key not in _ENVS:
-        _ENVS[env_key] = runner.make_env(run_config)
-    spec = _ENVS[env_key].spec
+    env = _env(chosen.run)
+    spec = env.spec
     key = jax.random.PRNGKey(0)
     for plan in plans:
         agent_config, loop_config = sweep.apply(chosen.agent, chosen.loop, plan.settings[0].values)
-        program = offpolicy.make(module.AGENT, agent_config, loop_config, _ENVS[env_key])
+        program = offpolicy.make(module.AGENT, agent_config, loop_config, env)
         learner = jax.eval_shape(program.agent.init, key, program.hyper.agent)
         rows = loop_config.batch_size
         batch = {name: jax.ShapeDtypeStruct((rows, *example.shape[1:]), example.dtype)

@@ -189,6 +189,11 @@ def plan_programs(points: list[Setting], agent_module: ModuleType, one_program: 
     return [ProgramPlan(f"program-{index}", shapes[key], group) for index, (key, group) in enumerate(groups.items())]
 
 
+def run_name(label: str, seed: int) -> str:
+    """A run's name in `sweep.json`, in its metrics rows, and its directory under `runs/`."""
+    return f"{label}/seed-{seed}"
+
+
 def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report: bool = True,
               progress_fn: loop.ProgressFn | None = None) -> Path:
     """Trains every setting x seed of `command` (see the module docstring) and returns the sweep directory.
@@ -196,6 +201,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
     run_config = command.run
     points = settings(command.sweep, command.variants, command.agent, command.loop)
     plans = plan_programs(points, agent_module, command.one_program)
+    configs = {point.label: apply(command.agent, command.loop, point.values) for point in points}
     seeds = [run_config.seed + i for i in range(run_config.seeds)]
     sweep_experiment = f"{experiment}_sweep"
     root = Path(command.resume or command.run_dir or rundir.new_run_dir(sweep_experiment))
@@ -221,11 +227,11 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
              "settings": [{"label": point.label, "values": point.values} for point in points],
              "programs": [], "runs": []}
     for plan in plans:
-        names = [f"{point.label}/seed-{seed}" for point in plan.settings for seed in seeds]
+        names = [run_name(point.label, seed) for point in plan.settings for seed in seeds]
         index["programs"].append({"dir": plan.name, "shape_values": plan.shape_values, "runs": names})
         for point in plan.settings:
             for seed in seeds:
-                name = f"{point.label}/seed-{seed}"
+                name = run_name(point.label, seed)
                 index["runs"].append({"name": name, "setting": point.label, "seed": seed, "program": plan.name,
                                       "config": f"runs/{name}/config.json"})
     index = json.loads(json.dumps(index))
@@ -237,12 +243,12 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         (root / "sweep.json").write_text(json.dumps(index, indent=2) + "\n")
         for plan in plans:
             for point in plan.settings:
-                agent_config, loop_config = apply(command.agent, command.loop, point.values)
+                agent_config, loop_config = configs[point.label]
                 for seed in seeds:
                     run_record = rundir.config_record(
                         sweep_experiment, agent_module, agent_config, loop_config,
                         dataclasses.replace(run_config, seed=seed, seeds=1), command.preset)
-                    path = root / "runs" / point.label / f"seed-{seed}" / "config.json"
+                    path = root / "runs" / run_name(point.label, seed) / "config.json"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps({**run_record, "setting": point.label, "values": point.values,
                                                 "program": plan.name}, indent=2) + "\n")
@@ -251,7 +257,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
     for number, plan in enumerate(plans, start=1):
         program_dir = root / plan.name
         # The program's configs are its first setting's: the others differ only in data (their `Hyper`s).
-        agent_config, loop_config = apply(command.agent, command.loop, plan.settings[0].values)
+        agent_config, loop_config = configs[plan.settings[0].label]
         if rundir.last_logged_chunk(program_dir) >= loop_config.num_chunks:
             loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}): already finished")
             continue
@@ -259,8 +265,8 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
                  f"the sweep): {[point.label for point in plan.settings]} x {len(seeds)} seed(s)")
         runs = []
         for point in plan.settings:
-            hyper = offpolicy.hyper_of(agent_module, *apply(command.agent, command.loop, point.values))
-            runs += [loop.RunSpec(seed=seed, hyper=hyper, labels={"run": f"{point.label}/seed-{seed}",
+            hyper = offpolicy.hyper_of(agent_module, *configs[point.label])
+            runs += [loop.RunSpec(seed=seed, hyper=hyper, labels={"run": run_name(point.label, seed),
                                                                   "setting": point.label}) for seed in seeds]
         started = (program_dir / "config.json").is_file()
         extra = {"sweep_program": plan.name, "settings": [point.values for point in plan.settings],
@@ -269,7 +275,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
                  run_dir=None if started else program_dir, resume=program_dir if started else None, runs=runs,
                  record_extra=extra, plot=False, progress_fn=progress_fn)
         if rundir.last_logged_chunk(program_dir) < loop_config.num_chunks:
-            loop.say(f"[purejaxmt] sweep stopped in {plan.name}; continue with --resume {root} and the same flags")
+            loop.say(f"[purejaxmt] sweep stopped in {plan.name}; continue with --resume {root}")
             return root
 
     if report and jax.process_index() == 0:
