@@ -11,6 +11,7 @@ discrete-action envs under Gymnax's own names; read its docstring for the differ
 minimal action sets and legal-action masks; `make(..., sticky_actions=0.1)` the original MinAtar's sticky actions.
 
     env = make("humanoid")                                  # humanoid-stand, -walk, -run: T = 3
+    env = make("humanoid-walk,humanoid-speed-4")            # any target speed, the same model: T = 2
     state, obs = env.reset(key, envs_per_task=64)           # obs [3, 64, 67]
     state, transition = env.step(state, action)             # action [3, 64, 21] in [-1, 1]
     env = make("minatar")                                   # Breakout, Asterix, Freeway, SpaceInvaders: T = 4
@@ -20,12 +21,15 @@ minimal action sets and legal-action masks; `make(..., sticky_actions=0.1)` the 
     resolve("minatar,CartPole-v1")                          # the task names make would give; builds nothing
 
 Tasks come from *providers*: modules that define `task_names() -> tuple[str, ...]` and `build(task_names,
-**options) -> list[Family]`. A provider module must be cheap to import and its `task_names()` cheap to call (a
-literal list, checked against the upstream registry by a test): `resolve`, `list_tasks` and `make` import every
-provider to know which names exist, while the simulators (MuJoCo Playground and MJX, Gymnax: seconds each) are
-imported only by `build`, for the requested tasks. To plug in another source of tasks, add one `Provider(...)` line
-to `PROVIDERS` below with its task sets and the build options it takes; task names must be unique across providers.
-`make` forwards each option to the providers of the requested tasks that take it.
+**options) -> list[Family]`. A provider may also define `accepts(name) -> bool` for parameterised names beyond
+`task_names()` (raising a `ValueError` that says what is wrong with a malformed one of its own) and `TASK_PATTERNS`,
+their spelling for error messages: `humanoid-speed-X`, a humanoid with any target speed X m/s. A provider module must
+be cheap to import and its `task_names()` cheap to call (a literal list, checked against the upstream registry by a
+test): `resolve`, `list_tasks` and `make` import every provider to know which names exist, while the simulators
+(MuJoCo Playground and MJX, Gymnax: seconds each) are imported only by `build`, for the requested tasks. To plug in
+another source of tasks, add one `Provider(...)` line to `PROVIDERS` below with its task sets and the build options
+it takes; task names must be unique across providers. `make` forwards each option to the providers of the requested
+tasks that take it.
 Discrete and continuous tasks cannot be mixed in one `TaskEnv`.
 """
 
@@ -120,13 +124,21 @@ def resolve(tasks: str) -> tuple[str, ...]:
     return _resolve(tasks, _task_providers())
 
 
-def _resolve(tasks: str, owner: Mapping[str, Provider]) -> tuple[str, ...]:
+def _resolve(tasks: str, owner: dict[str, Provider]) -> tuple[str, ...]:
+    """`resolve` with the task -> provider map, to which parameterised names of `tasks` are added."""
     if not isinstance(tasks, str):
         raise ValueError(f"tasks must be a string (a task-set name or comma-separated task names), got {tasks!r}.")
-    valid = f"task sets: {sorted(TASK_SETS)}; tasks: {sorted(owner)}"
+    patterns = [pattern for provider in PROVIDERS for pattern in getattr(provider.load(), "TASK_PATTERNS", ())]
+    valid = f"task sets: {sorted(TASK_SETS)}; tasks: {sorted(owner)}; patterns: {patterns}"
     items = tuple(item.strip() for item in tasks.split(","))
     if any(not item for item in items):
         raise ValueError(f"Empty task name in {tasks!r}. Valid {valid}.")
+    for item in items:  # parameterised names (humanoid-speed-4): their provider takes them, or says what is wrong
+        if item not in owner and item not in TASK_SETS:
+            for provider in PROVIDERS:
+                accepts = getattr(provider.load(), "accepts", None)
+                if accepts is not None and accepts(item):
+                    owner[item] = provider
     unknown = [item for item in items if item not in owner and item not in TASK_SETS]
     if unknown:
         raise ValueError(f"Unknown task name(s) {unknown} in {tasks!r}. Valid {valid}.")

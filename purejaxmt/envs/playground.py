@@ -10,9 +10,10 @@ Importing this module imports neither MuJoCo nor MuJoCo Playground (that takes s
 family is built.
 
 - `PlaygroundFamily`: any one Playground DM Control env, vmapped over `[1, E]`; Playground's own `reset`/`step`.
-- `HumanoidFamily`: humanoid-stand / -walk / -run as ONE MJX model vmapped over `[n_tasks, E]`; the target move
-  speed (0, 1, 10 m/s) is a per-env array in the state and the reward is `humanoid_reward`, a traced-speed version
-  of Playground's `Humanoid._get_reward` that equals it for each task.
+- `HumanoidFamily`: humanoid-stand / -walk / -run and `humanoid-speed-X` (any target speed X m/s) as ONE MJX
+  model vmapped over `[n_tasks, E]`; the target move speed (0, 1, 10, X m/s) is a per-env array in the state and
+  the reward is `humanoid_reward`, a traced-speed version of Playground's `Humanoid._get_reward` that equals it for
+  each task.
 
 Differences to dm_control (say so wherever returns are compared with dm_control numbers): these are Playground's
 MJX re-implementations, not dm_control itself.
@@ -80,6 +81,30 @@ HUMANOID_SPEEDS = {
     "humanoid-walk": 1.0,
     "humanoid-run": 10.0,
 }
+# Humanoid tasks of any target speed on the same model: `humanoid-speed-4`, `humanoid-speed-0.5` (m/s; 0 is stand).
+# Held-out speeds are natural new tasks for transfer (experiments/transfer.py).
+SPEED_TASK_PREFIX = "humanoid-speed-"
+TASK_PATTERNS = (SPEED_TASK_PREFIX + "<m/s>",)
+
+
+def humanoid_speed(task: str) -> float | None:
+    """The target speed (m/s) of a humanoid task, stand / walk / run's or X of `humanoid-speed-X`; None for a task
+    that is not a humanoid task. A malformed speed (`humanoid-speed-fast`, `humanoid-speed--1`) is a `ValueError`."""
+    if task in HUMANOID_SPEEDS:
+        return HUMANOID_SPEEDS[task]
+    if not task.startswith(SPEED_TASK_PREFIX):
+        return None
+    speed = task[len(SPEED_TASK_PREFIX):]
+    if not re.fullmatch(r"\d+(\.\d+)?", speed):
+        raise ValueError(f"Task {task!r}: a humanoid speed task is named {SPEED_TASK_PREFIX}X with X its target speed "
+                         f"in m/s as a non-negative decimal number (humanoid-speed-4, humanoid-speed-0.5); got "
+                         f"X={speed!r}.")
+    return float(speed)
+
+
+def accepts(task: str) -> bool:
+    """True for the parameterised task names this provider builds beyond `task_names()` (`humanoid-speed-X`)."""
+    return task.startswith(SPEED_TASK_PREFIX) and humanoid_speed(task) is not None
 
 
 def kebab(playground_name: str) -> str:
@@ -111,10 +136,10 @@ def load(task_name: str) -> Any:
 def build(tasks: Sequence[str]) -> list[Family]:
     """Families for the requested tasks: all humanoid tasks share one `HumanoidFamily`; every other task gets a
     `PlaygroundFamily` of its own. Family order follows the first appearance of its tasks in `tasks`."""
-    humanoid_tasks = tuple(t for t in tasks if t in HUMANOID_SPEEDS)
+    humanoid_tasks = tuple(t for t in tasks if humanoid_speed(t) is not None)
     families: list[Family] = []
     for task in tasks:
-        if task in HUMANOID_SPEEDS:
+        if humanoid_speed(task) is not None:
             if task == humanoid_tasks[0]:
                 families.append(HumanoidFamily(humanoid_tasks))
         else:
@@ -180,13 +205,14 @@ class HumanoidFamily(Family):
 
     def __init__(self, task_names: Sequence[str]):
         task_names = tuple(task_names)
-        unknown = [t for t in task_names if t not in HUMANOID_SPEEDS]
+        unknown = [t for t in task_names if humanoid_speed(t) is None]
         if not task_names or unknown:
-            raise ValueError(f"HumanoidFamily takes tasks from {sorted(HUMANOID_SPEEDS)}, got {list(task_names)}.")
+            raise ValueError(f"HumanoidFamily takes tasks from {sorted(HUMANOID_SPEEDS)} or {TASK_PATTERNS}, got "
+                             f"{list(task_names)}.")
         # One model for all tasks: the Playground humanoid tasks differ only in their move speed.
-        self.env = load(task_names[0])
+        self.env = load("humanoid-stand")
         self.task_names = task_names
-        self.move_speeds = np.array([HUMANOID_SPEEDS[t] for t in task_names], np.float32)  # [n]
+        self.move_speeds = np.array([humanoid_speed(t) for t in task_names], np.float32)  # [n]
         self.obs_shape = (int(self.env.observation_size),)
         self.obs_dtype = np.float32
         self.action_size = int(self.env.action_size)
