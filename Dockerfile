@@ -6,12 +6,15 @@
 FROM python:3.11-slim
 
 ARG ACCELERATOR=cuda
+# MUJOCO_GL=egl: MuJoCo renders headless (videos, purejaxmt.render) with NVIDIA's EGL where the container runtime
+# mounts it (the "graphics" driver capability), else with Mesa's software EGL (libegl-mesa0, libgl1-mesa-dri).
 ENV PYTHONUNBUFFERED=1 \
     MUJOCO_GL=egl \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgl1 libegl1 libglib2.0-0 \
+ && apt-get install -y --no-install-recommends libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

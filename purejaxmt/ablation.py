@@ -8,7 +8,8 @@ and learning curves, read from a sweep directory (`purejaxmt.runner` writes it):
 `report(sweep_dir)` writes, next to them:
 
     ablation.md      the table (rows = settings, columns = tasks and the aggregate), paste-able markdown, and the
-                     probability of improvement of each pair of settings
+                     probability of improvement of each pair of settings (and links to the videos of the program
+                     dirs, `<program dir>/videos/*.mp4`, where `--run.video` or `experiments/render.py` made some)
     ablation.json    the same numbers, and each run's final scores
     plots/<task>.png and plots/all-tasks-normalised.png    learning curves
 
@@ -385,7 +386,13 @@ def report(sweep_dir: Path, last_k: int = 1, pairs: list[str] | tuple[str, ...] 
 
     `pairs`: "A:B" strings (P(A > B) is reported for each); default every setting against the baseline (the first).
     `reps`: bootstrap replications per interval; `seed`: the bootstraps' seed (the report is deterministic)."""
-    sweep = load_sweep(sweep_dir)
+    return write_report(load_sweep(sweep_dir), last_k, pairs, reps, seed)
+
+
+def write_report(sweep: Sweep, last_k: int = 1, pairs: list[str] | tuple[str, ...] | None = None,
+                 reps: int = stats.DEFAULT_REPS, seed: int = 0) -> Path:
+    """`report` of a `Sweep` assembled by the caller (e.g. `experiments/transfer.py`: the transfer modes as
+    settings), written into `sweep.dir`."""
     return _write(sweep, summarise(sweep, last_k, parse_pairs(pairs, sweep.labels), reps, seed), reps, seed)
 
 
@@ -393,20 +400,32 @@ def _write(sweep: Sweep, summary: dict, reps: int, seed: int) -> Path:
     """`ablation.json`, `ablation.md` and `plots/` of a summary, into `sweep.dir`; returns the path of the table."""
     (sweep.dir / "ablation.json").write_text(json.dumps(summary, indent=1) + "\n")
     path = sweep.dir / "ablation.md"
-    path.write_text(markdown(summary))
+    path.write_text(markdown(summary) + video_links(sweep.dir))
     plot_curves(sweep, summary, reps, seed)
     return path
 
 
+def video_links(report_dir: Path) -> str:
+    """A markdown line linking the videos in the report's run dirs (`<run dir>/videos/*.mp4`, written by
+    `purejaxmt.render`: `--run.video` or `experiments/render.py`), or "" where there are none."""
+    videos = sorted(Path(report_dir).glob("*/videos/*.mp4"))
+    if not videos:
+        return ""
+    links = [f"[{video.parent.parent.name}: {video.stem}]({video.relative_to(report_dir).as_posix()})"
+             for video in videos]
+    return "\nVideos of the evaluation policy at the last checkpoint: " + ", ".join(links) + ".\n"
+
+
 # ---------------------------------------------------------------------------------------- multi-task vs single-task
 
-def _run_rows(run_dir: Path) -> dict[int, list[dict]]:
-    """A run directory's rows by seed (every process's metrics file), sorted by chunk."""
-    by_seed: dict[int, dict[int, dict]] = defaultdict(dict)
+def run_rows(run_dir: Path, key: str = "seed") -> dict:
+    """A run directory's rows by run (every process's metrics file), sorted by chunk; runs are told apart by the
+    rows' `key` field (`seed`, or `run` where runs carry names)."""
+    by_run: dict = defaultdict(dict)
     for path in sorted(Path(run_dir).glob("metrics*.jsonl")):
         for row in _read_jsonl(path):
-            by_seed[row["seed"]][row["chunk"]] = row
-    return {seed: [chunks[c] for c in sorted(chunks)] for seed, chunks in by_seed.items()}
+            by_run[row[key]][row["chunk"]] = row
+    return {run: [chunks[c] for c in sorted(chunks)] for run, chunks in by_run.items()}
 
 
 def multi_vs_single(multi_task_dir: Path, single_task_dir: Path, out_dir: Path | None = None, last_k: int = 1,
@@ -423,8 +442,8 @@ def multi_vs_single(multi_task_dir: Path, single_task_dir: Path, out_dir: Path |
     tasks = single_config.get("single_task_baselines")
     if not tasks:
         raise ValueError(f"{single_task_dir} is not a --single-task-baselines dir (its config.json names no tasks)")
-    multi_rows = _run_rows(multi_task_dir)
-    single_rows = {task: _run_rows(single_task_dir / task) for task in tasks if (single_task_dir / task).is_dir()}
+    multi_rows = run_rows(multi_task_dir)
+    single_rows = {task: run_rows(single_task_dir / task) for task in tasks if (single_task_dir / task).is_dir()}
     missing = [task for task in tasks if not any(f"eval/{task}/return" in row for rows in multi_rows.values()
                                                  for row in rows)]
     if missing:

@@ -78,6 +78,15 @@ class Config:
     target_entropy_per_dim: float = -0.5
     """Target entropy is this times a task's action count (-|A|/2)."""
 
+    new_task_rows: tuple[int, ...] = ()
+    """Transfer (`purejaxmt.transfer`): the task-embedding rows of the tasks a loaded agent has not been trained on.
+    Only with rows named here does `freeze_trained` act (and cost anything)."""
+    freeze_trained: bool = False
+    """Transfer's `embedding` mode (data, so the three transfer modes share one program): only the `new_task_rows`
+    of the embedding table (online and target) and their optimiser moments learn; critic and actor trunks, the
+    other rows, the temperature and their optimiser states keep their loaded values (the critic optimiser's step
+    count advances: the new rows' Adam reads it)."""
+
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1"
                     for name in ("critic_width", "critic_depth", "num_critics", "actor_width", "embed_dim")
@@ -101,6 +110,13 @@ class Config:
             problems.append(f"task_conditioning={self.task_conditioning!r}; choose 'embedding', 'one_hot' or 'none'")
         if self.critic_loss not in ("categorical", "mse"):
             problems.append(f"critic_loss={self.critic_loss!r}; choose 'categorical' or 'mse'")
+        if self.freeze_trained and not self.new_task_rows:
+            problems.append("freeze_trained=True needs new_task_rows (the embedding rows that learn)")
+        if self.new_task_rows and self.task_conditioning != "embedding":
+            problems.append(f"new_task_rows={self.new_task_rows} need task_conditioning='embedding', not "
+                            f"{self.task_conditioning!r}")
+        if len(set(self.new_task_rows)) != len(self.new_task_rows) or any(row < 0 for row in self.new_task_rows):
+            problems.append(f"new_task_rows={self.new_task_rows} must be distinct rows >= 0")
         if problems:
             raise ValueError("Invalid BRC config: " + "; ".join(problems))
 
@@ -116,6 +132,7 @@ class Hyper:
     temperature_lr: jax.Array
     temperature_b1: jax.Array
     target_entropy_per_dim: jax.Array
+    freeze_trained: jax.Array
 
     @classmethod
     def from_config(cls, config: Config) -> Hyper:
@@ -174,6 +191,12 @@ class Agent:
                                   conditioning=config.task_conditioning)
         self.actor = nets.Actor(action_dim=self.action_dim, width=config.actor_width, depth=config.actor_depth,
                                 dtype=dtype)
+        out_of_range = [row for row in config.new_task_rows if row >= self.num_tasks]
+        if out_of_range or (config.new_task_rows and self.num_tasks == 1):
+            raise ValueError(f"new_task_rows={config.new_task_rows}: rows of a table of {self.num_tasks} tasks "
+                             f"{list(spec.task_names)} (a single task has no embedding table)")
+        self.new_task_rows = jnp.zeros(self.num_tasks, bool).at[jnp.asarray(config.new_task_rows, int)].set(True) \
+            if config.new_task_rows else None                                                      # [T] or None
 
     def init(self, key: jax.Array, hyper: Hyper) -> Learner:
         critic_key, actor_key = jax.random.split(key)
@@ -304,6 +327,7 @@ class Agent:
         chex.assert_shape(reward_scale, (self.num_tasks,))
         critic_key, actor_key = jax.random.split(key)
         adamw = _adamw(hyper)
+        learner_before = learner
 
         # Critic step.
         (_, critic_info), critic_grads = jax.value_and_grad(self.critic_loss, has_aux=True)(
@@ -329,7 +353,34 @@ class Agent:
             temperature_grad, learner.temperature_opt_state)
         log_temperature = optax.apply_updates(learner.log_temperature, temperature_updates)
 
-        learner = learner.replace(actor_params=actor_params, actor_opt_state=actor_opt_state,
-                                  log_temperature=log_temperature, temperature_opt_state=temperature_opt_state,
-                                  policy_entropy=actor_info["entropy"])
-        return learner, {**critic_info, **actor_info, "temperature": jnp.exp(log_temperature)}
+        new_learner = learner.replace(actor_params=actor_params, actor_opt_state=actor_opt_state,
+                                      log_temperature=log_temperature, temperature_opt_state=temperature_opt_state,
+                                      policy_entropy=actor_info["entropy"])
+        if self.new_task_rows is not None:
+            new_learner = self.freeze(learner_before, new_learner, hyper.freeze_trained > 0)
+        return new_learner, {**critic_info, **actor_info, "temperature": jnp.exp(new_learner.log_temperature)}
+
+    def freeze(self, before: Learner, after: Learner, frozen: jax.Array) -> Learner:
+        """Transfer's `embedding` mode when `frozen`: `after` with everything but the new tasks' embedding rows (and
+        their optimiser moments, and the critic optimiser's step count) put back to `before`."""
+        def critic_leaf(path: tuple, old: jax.Array, new: jax.Array) -> jax.Array:
+            names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+            if "task_embedding" in names:       # [T, D]: the new rows learn
+                learns = self.new_task_rows[:, None]
+            elif old.ndim == 0 and jnp.issubdtype(old.dtype, jnp.integer):
+                learns = jnp.ones((), bool)     # Adam's step count
+            else:
+                learns = jnp.zeros((), bool)
+            return jnp.where(frozen & ~learns, old, new)
+
+        def critic_tree(name: str) -> Any:
+            return jax.tree_util.tree_map_with_path(critic_leaf, getattr(before, name), getattr(after, name))
+
+        def kept(name: str) -> Any:
+            return jax.tree.map(lambda old, new: jnp.where(frozen, old, new), getattr(before, name),
+                                getattr(after, name))
+
+        return after.replace(
+            **{name: critic_tree(name) for name in ("critic_params", "critic_target_params", "critic_opt_state")},
+            **{name: kept(name) for name in ("actor_params", "actor_opt_state", "log_temperature",
+                                             "temperature_opt_state")})

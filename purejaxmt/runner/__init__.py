@@ -6,6 +6,7 @@
 - `checkpoints` orbax checkpoints keyed by leaf path, and the state-layout check of a resume
 - `devices`     seeds and settings as a vmapped runs axis, sharded over the devices
 - `loop`        the host loop: compile once, chunks, evaluation, logging, checkpoints, SIGINT/SIGTERM (`run`)
+- `loggers`     optional TensorBoard / W&B mirrors of the metrics rows (`make_logger`, `--run.logger`)
 - `baselines`   single-task baselines of a multi-task command
 """
 

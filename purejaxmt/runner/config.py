@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from purejaxmt.offpolicy import LoopConfig
+from purejaxmt.runner.loggers import LOGGERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,18 @@ class RunConfig:
     """Checkpoint every this many chunks (and at exit, including SIGINT/SIGTERM)."""
     save_replay: bool = True
     """Keep the replay buffer in checkpoints; without it a resumed run refills from empty and is not the same run."""
+    video: bool = False
+    """When the run finishes (not on a stop), render the evaluation policy of run 0 on every task that can be drawn
+    (MJX tasks, MinAtar games) to <run dir>/videos/<task>_return-<R>.mp4 (`purejaxmt.render`; process 0 only)."""
     devices: int | None = None
     """Devices the runs are sharded over: None for every device of every process (the runs, padded to a multiple of
     the device count, must be at least as many as the devices), or the first N of a single process."""
     xla_optimization_level: int = 3
     """XLA backend optimisation level (0-3) of the compiled programs. On a CPU, 1 compiles an MJX humanoid step in
     about half the time of 3 and runs it about 1.4x slower (docs/results.md): worth it for short runs."""
+    logger: str = "none"
+    """Also show the metrics log in "tensorboard" (event files in <run dir>/tensorboard/) or "wandb" (a Weights &
+    Biases run, offline without an API key); "none": metrics.jsonl only. Needs `pip install -e ".[loggers]"`."""
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1" for name in ("seeds", "eval_every", "checkpoint_every")
@@ -49,6 +56,8 @@ class RunConfig:
             problems.append(f"sticky_actions={self.sticky_actions} must be a probability in [0, 1]")
         if self.xla_optimization_level not in (0, 1, 2, 3):
             problems.append(f"xla_optimization_level={self.xla_optimization_level} must be 0, 1, 2 or 3")
+        if self.logger not in LOGGERS:
+            problems.append(f"logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
         if problems:
             raise ValueError("Invalid run config: " + "; ".join(problems))
 

@@ -27,7 +27,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from purejaxmt import envs, offpolicy, plotting
-from purejaxmt.runner import checkpoints, devices, rundir
+from purejaxmt.runner import checkpoints, devices, loggers, rundir
 from purejaxmt.runner.config import RunConfig
 
 ProgressFn = Callable[[int, list[dict]], Any]
@@ -105,6 +105,26 @@ class RunSpec:
     seed: int
     hyper: offpolicy.Hyper | None = None
     labels: dict = dataclasses.field(default_factory=dict)
+    learner: Any = None
+    """A learner to start from instead of the agent's init (transfer: `purejaxmt.transfer`), one run's pytree of
+    the agent's `Learner` structure; replay, normaliser and envs start fresh as ever."""
+
+
+def _start_learners(state: Any, learners: list[Any], mine: np.ndarray, sharding: Any, num_runs: int) -> Any:
+    """`state` with this process's runs' (`mine`) learners replaced where `learners` (one per run of `mine`) gives
+    one."""
+    fresh = devices.local_values(state.learner, mine)
+    treedef = jax.tree.structure(state.learner)
+    rows = [jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], fresh)) if learner is None else
+            [np.asarray(leaf) for leaf in treedef.flatten_up_to(learner)] for i, learner in enumerate(learners)]
+    stacked = [np.stack(column) for column in zip(*rows)]
+    for column, leaf in zip(stacked, jax.tree.leaves(fresh)):
+        if column.shape != leaf.shape or column.dtype != leaf.dtype:
+            raise ValueError(f"a starting learner has a leaf of shape {column.shape[1:]} {column.dtype} where this "
+                             f"program's has {leaf.shape[1:]} {leaf.dtype}")
+    learner = jax.tree.unflatten(treedef, [devices.global_runs_array(column, sharding, num_runs)
+                                           for column in stacked])
+    return state.replace(learner=learner)
 
 
 def say(*args: Any, **kwargs: Any) -> None:
@@ -139,6 +159,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     """
     record = rundir.config_record(experiment, agent_module, agent_config, loop_config, run_config, preset)
     record.update(json.loads(json.dumps(record_extra or {})))
+    loggers.check_installed(run_config.logger)  # before anything is written
     if resume is not None:
         run_dir = Path(resume)
         rundir.check_resumable(run_dir, record)
@@ -172,6 +193,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     # Initialise before touching the disk: config errors that need the env surface here, and nothing is written.
     say(f"[purejaxmt] initialising {num_runs} run(s) on {list(task_names)} (compiles the env reset)", flush=True)
     state = devices.init_states(program, keys, hypers, sharding)
+    if resume is None and any(spec.learner is not None for spec in all_runs):
+        state = _start_learners(state, [all_runs[i].learner for i in mine], mine, sharding, padded)
     run_keys = devices.global_runs_array(np.asarray(keys)[mine], sharding, padded)
 
     padding = f" (+{padded - num_runs} padding)" if padded > num_runs else ""
@@ -186,6 +209,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         (run_dir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
         checkpoints.write_layout(run_dir, saveable(state))
     say(f"[purejaxmt] run dir: {run_dir}")
+    # Process 0 only: the TensorBoard/W&B mirror of its metrics rows (a resume appends to it).
+    logger = loggers.make_logger(run_config.logger, run_dir, record) if jax.process_index() == 0 else None
     checkpointer = checkpoints.Checkpointer(run_dir)
     log_path = rundir.metrics_file(run_dir, jax.process_index())
 
@@ -236,6 +261,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                 row["env_steps_per_second"] = round(steps_per_chunk_all / chunk_seconds, 1)
                 log.write(json.dumps(row) + "\n")
             log.flush()
+            if logger is not None:
+                logger.write(rows)
             bar.update(steps_per_chunk)
             bar.set_postfix(sps=f"{steps_per_chunk_all / chunk_seconds:,.0f}",
                             ret=rundir.mean_return(rows, task_names, "train"), refresh=False)
@@ -246,8 +273,14 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                 checkpointer.save(chunk, saveable(state))
     bar.close()
     checkpointer.close()
+    if logger is not None:
+        logger.close()
     if plot and jax.process_index() == 0:
         plotting.plot_learning_curves(run_dir, list(task_names))
+    if run_config.video and chunk >= num_chunks and jax.process_index() == 0:
+        from purejaxmt import render  # only when asked: MuJoCo's renderer, imageio
+
+        render.after_run(run_dir, env)  # videos/<task>_return-<R>.mp4 of run 0; a failure is reported, not raised
     if chunk < num_chunks:
         say(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
     else:

@@ -53,11 +53,22 @@ def load_saved_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# Run fields that say how a run is watched, not what it computes: a resume may change them.
+NOT_THE_RUN = ("logger", "video")
+
+
 def check_resumable(run_dir: Path, record: dict) -> None:
-    """Raises unless `run_dir` was started with the same config (all but the preset's name)."""
+    """Raises unless `run_dir` was started with the same config (all but the preset's name and `NOT_THE_RUN`)."""
     saved = load_saved_config(run_dir)
     keys = [key for key in record if key != "preset"]
-    diffs = differences({k: saved.get(k) for k in keys}, {k: record[k] for k in keys})
+
+    def comparable(entry: dict, key: str) -> object:
+        value = entry.get(key)
+        if key == "run" and isinstance(value, dict):
+            return {name: field for name, field in value.items() if name not in NOT_THE_RUN}
+        return value
+
+    diffs = differences({k: comparable(saved, k) for k in keys}, {k: comparable(record, k) for k in keys})
     if diffs:
         raise ValueError(f"cannot resume {run_dir}: it was run with a different config; nothing was changed there. "
                          "Differences: " + "; ".join(diffs))

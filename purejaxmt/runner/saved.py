@@ -1,0 +1,117 @@
+"""A finished (or stopped) run directory read back: its configs and its latest checkpoint, without a template.
+
+`load(run_dir)` gives what `render`, `transfer` and analysis scripts need from a run: the configs it was trained with,
+rebuilt from `config.json` (the agent's module imported by name), and `learner(i)`, the i-th run's learner as the
+nested dict of NumPy arrays the checkpoint holds (keyed by field and parameter names; see `checkpoints`). Nothing is
+compiled and no env is built: the learner is restored as saved (orbax reads the shapes from its own metadata; the
+replay buffer is not read), so a run of any task set can be read by a script that knows only its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from purejaxmt.offpolicy import LoopConfig
+from purejaxmt.runner import rundir
+from purejaxmt.runner.config import RunConfig
+
+
+def _build(cls: type, values: dict, what: str, run_dir: Path) -> Any:
+    """`cls(**values)`, JSON lists back to tuples, and a clear error for fields this version does not know."""
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{run_dir}/config.json has {what} fields {unknown} that this purejaxmt's {cls.__qualname__} "
+                         "does not know (a run of another version)")
+    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """A run directory's configs and checkpoints. `learner(run)` restores the latest checkpoint (once)."""
+
+    run_dir: Path
+    record: dict
+    agent_module: ModuleType
+    agent_config: Any
+    loop_config: LoopConfig
+    run_config: RunConfig
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        from purejaxmt import envs
+
+        return envs.resolve(self.run_config.tasks)
+
+    @property
+    def num_runs(self) -> int:
+        """Runs in the checkpoint (a sweep program's settings x seeds, or the run's seeds)."""
+        return int(jax.tree.leaves(self.learners())[0].shape[0])
+
+    def _manager(self, **options: Any) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager((self.run_dir / "checkpoints").absolute(), **options)
+
+    def latest_chunk(self) -> int:
+        manager = self._manager()
+        chunk = manager.latest_step()
+        manager.close()
+        if chunk is None:
+            raise FileNotFoundError(f"{self.run_dir} has no checkpoint in {self.run_dir / 'checkpoints'} (it stopped "
+                                    "before its first checkpoint)")
+        return chunk
+
+    def learners(self) -> dict:
+        """Every run's learner from the latest checkpoint, a nested dict of NumPy arrays `[R, ...]` keyed as
+        `checkpoints` saves it. Only the learner is read (not the replay buffer), once per checkpoint."""
+        chunk = self.latest_chunk()
+        cached = _LEARNERS.get(self.run_dir.resolve())
+        if cached is None or cached[0] != chunk:
+            manager = self._manager(item_handlers=ocp.PyTreeCheckpointHandler())
+            layout = manager.item_metadata(chunk)
+            abstract = {"learner": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                dict(getattr(layout, "tree", layout))["learner"])}
+            restored = manager.restore(chunk, args=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(), abstract),
+                partial_restore=True))
+            manager.close()
+            cached = (chunk, jax.tree.map(np.asarray, restored["learner"]))
+            _LEARNERS[self.run_dir.resolve()] = cached
+        return cached[1]
+
+    def learner(self, run: int = 0) -> dict:
+        """Run `run`'s learner from the latest checkpoint: a nested dict of NumPy arrays without the runs axis."""
+        if not 0 <= run < self.num_runs:
+            raise ValueError(f"{self.run_dir} holds {self.num_runs} run(s); run {run} does not exist")
+        return jax.tree.map(lambda x: x[run], self.learners())
+
+
+_LEARNERS: dict[Path, tuple[int, dict]] = {}
+
+
+def load(run_dir: Path | str) -> SavedRun:
+    """The run in `run_dir` (a directory with `config.json` and `checkpoints/`, as `runner.run` writes it)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {run_dir}")
+    record = rundir.load_saved_config(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        hint = " (a sweep or baselines dir: pass one of its program-<k>/ or task sub-directories)" \
+            if (run_dir / "sweep.json").is_file() or (run_dir / "summary.json").is_file() else ""
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory{hint}")
+    try:
+        agent_module = importlib.import_module(record["agent_module"])
+    except (KeyError, ImportError) as error:
+        raise ValueError(f"{run_dir}/config.json names agent module {record.get('agent_module')!r}, which cannot "
+                         f"be imported: {error}") from error
+    return SavedRun(run_dir=run_dir, record=record, agent_module=agent_module,
+                    agent_config=_build(agent_module.Config, record["agent"], "agent", run_dir),
+                    loop_config=_build(LoopConfig, record["loop"], "loop", run_dir),
+                    run_config=_build(RunConfig, record["run"], "run", run_dir))
