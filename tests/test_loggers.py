@@ -187,3 +187,17 @@ def test_command_line_logger_tensorboard_mirrors_every_metrics_row(tmp_path, mon
             assert [step for step, _ in points[tag]] == [step for step, _ in logged]
             np.testing.assert_allclose([value for _, value in points[tag]], [value for _, value in logged], rtol=1e-6)
 
+
+
+def test_a_resume_may_change_how_a_run_is_watched_but_not_what_it_computes(tmp_path):
+    """`logger` and `video` are not the run: a resume may turn them on or off (and a run dir written before they
+    existed resumes); any other difference still stops the resume."""
+    record = rundir.config_record("e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(), "p")
+    old = json.loads(json.dumps(record))
+    del old["run"]["logger"], old["run"]["video"]  # as a run dir of the previous version has it
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    rundir.check_resumable(tmp_path, rundir.config_record(
+        "e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(logger="tensorboard", video=True), "p"))
+    with pytest.raises(ValueError, match="run.seeds: saved 1, requested 2"):
+        rundir.check_resumable(tmp_path, rundir.config_record(
+            "e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(seeds=2), "p"))

@@ -189,17 +189,15 @@ def test_humanoid_speed_tasks():
                                                    "cartpole-swingup")] == [0.0, 10.0, 7.0, None]
 
 
-def test_a_speed_task_rewards_as_the_named_task_of_that_speed():
-    """humanoid-speed-1 is humanoid-walk and humanoid-speed-0 humanoid-stand, step for step (one model)."""
-    env = envs.make("humanoid-walk,humanoid-speed-1,humanoid-stand,humanoid-speed-0", episode_length=5)
-    state, _ = env.reset(jax.random.PRNGKey(0), envs_per_task=2)
-    action = jax.random.uniform(jax.random.PRNGKey(1), (4, 2, env.spec.action.size), minval=-1, maxval=1)
-    action = action.at[1].set(action[0]).at[3].set(action[2])
-    step = jax.jit(env.step)
-    for _ in range(3):
-        state, transition = step(state, action)
-        np.testing.assert_array_equal(transition.reward[0], transition.reward[1])
-        np.testing.assert_array_equal(transition.reward[2], transition.reward[3])
+def test_speed_tasks_share_the_humanoid_family_with_their_speeds():
+    """One `HumanoidFamily` for named and speed tasks, its per-task target speeds parsed from the names (the traced
+    speed's reward equals Playground's per task: tests/test_envs.py)."""
+    from purejaxmt.envs import playground
+
+    families = playground.build(("humanoid-walk", "cartpole-balance", "humanoid-speed-4", "humanoid-speed-0.5"))
+    assert [type(f).__name__ for f in families] == ["HumanoidFamily", "PlaygroundFamily"]
+    assert families[0].task_names == ("humanoid-walk", "humanoid-speed-4", "humanoid-speed-0.5")
+    np.testing.assert_array_equal(families[0].move_speeds, np.float32([1.0, 4.0, 0.5]))
 
 
 def load_experiment():
@@ -243,3 +241,21 @@ def test_transfer_experiment_end_to_end(tmp_path):
         experiment.main(experiment.Args(preset="smoke", out=out))
     experiment.main(experiment.Args(resume=out))  # both runs finished: only the report again
     assert len((out / "transfer" / "metrics.jsonl").read_text().splitlines()) == 2 * 6
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu"])
+def test_transfer_presets_trace(name):
+    """The README's `transfer.py --preset cpu` and the `gpu` preset: the source run and the transfer program (the
+    grown task set, the source's networks with the new rows) trace with `jax.eval_shape`, nothing allocated."""
+    from purejaxmt.runner import loop
+
+    preset = load_experiment().PRESETS[name]
+    source_tasks = envs.resolve(preset.source.run.tasks)
+    tasks = transfer.task_set(source_tasks, envs.resolve(preset.targets))
+    assert len(tasks) == len(source_tasks) + len(envs.resolve(preset.targets))
+    loop.abstract_run(brc, preset.source.agent, preset.source.loop, preset.source.run)
+    config = transfer.agent_config(preset.source.agent, source_tasks, tasks, "embedding")
+    run_config = dataclasses.replace(preset.source.run, tasks=",".join(tasks), seeds=len(transfer.MODES))
+    shapes = loop.abstract_run(brc, config, preset.loop, run_config)
+    table = shapes["state"].learner.critic_params["params"]["task_embedding"]["table"]["embedding"]
+    assert table.shape == (len(transfer.MODES), len(tasks), config.embed_dim)
