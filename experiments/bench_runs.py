@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,17 @@ import tyro
 
 from purejaxmt import envs, offpolicy
 from purejaxmt.agents import brc
+from purejaxmt.benchmarking import compile_jit, machine
+from purejaxmt.benchmarking import own_buffers as _own_buffers
+from purejaxmt.benchmarking import steady as _steady
+from purejaxmt.benchmarking import table as _table
+from purejaxmt.benchmarking import timed_calls as _timed_chunks
 from purejaxmt.runner import devices
+
+
+def _compile(fn, state, options: dict[str, int]) -> tuple[Any, float]:
+    """`fn` jitted with the state donated, lowered and compiled: the executable and the seconds taken."""
+    return compile_jit(fn, state, options=options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,55 +78,6 @@ class Args:
     """XLA backend optimisation level of every compile (1: the CPU presets'; the runner's default is 3)."""
     json: Path | None = None
     """Also write the results here as JSON."""
-
-
-def machine() -> dict[str, Any]:
-    """The host and the JAX device this ran on."""
-    device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
-            "device_kind": device.device_kind, "device_count": jax.device_count(), "jax": jax.__version__,
-            "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
-
-
-def _own_buffers(state: Any) -> Any:
-    """Every leaf its own buffer: the chunk donates the state, and op-by-op init can share one buffer twice."""
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-
-
-def _compile(fn, state, options: dict[str, int]) -> tuple[Any, float]:
-    """`fn` jitted with the state donated, lowered and compiled: the executable and the seconds taken. A fresh wrapper
-    per call, so JAX's in-memory caches (keyed on the function) cannot serve a second compile of the same program
-    (the persistent compilation cache, when configured, still can: `main` prints whether it is)."""
-    start = time.perf_counter()
-    compiled = jax.jit(lambda state: fn(state), donate_argnums=0).lower(state).compile(compiler_options=options)
-    return compiled, time.perf_counter() - start
-
-
-def _timed_chunks(chunk, state: Any, calls: int) -> tuple[Any, list[float]]:
-    """Seconds of each of `calls` chunk calls, the state donated and carried from one call to the next."""
-    seconds = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        state, metrics = chunk(state)
-        jax.block_until_ready((state, metrics))
-        seconds.append(time.perf_counter() - start)
-    return state, seconds
-
-
-def _steady(seconds: list[float]) -> float:
-    """The median chunk after the first (the warm-up), or the only one."""
-    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def build(args: Args) -> tuple[Any, brc.Config, offpolicy.LoopConfig]:

@@ -43,6 +43,34 @@ PRESETS = {
                                  eval_episodes=8),
         run=runner.RunConfig(tasks="minatar", eval_every=1, checkpoint_every=5),
         description="W=1024 trunk, 8 envs per game, 2M env steps per game: about 10 minutes on one H100"),
+    "fast": runner.Preset(
+        # The massively parallel regime (issue 13), the discrete agent's counterpart of mjx_humanoid_mt.py's `fast`:
+        # hundreds of envs per game feeding large task-balanced batches, a few updates per iteration, bf16. FastTD3
+        # publishes no MinAtar settings; its multi-task (MTBench) ones use thousands of envs, 2 updates per
+        # iteration and n-step returns, and the `gpu` preset above (measured on an H100) sets the replay ratio.
+        # Not yet run on a GPU.
+        agent=dataclasses.replace(
+            PAPER,
+            critic_width=1024,                # the `gpu` preset's trunk (1.3 ms per update of 512 there)
+            epsilon_decay_steps=1_000_000),   # 5% of the budget per game, as the `gpu` preset's 100k of 2M
+        loop=dataclasses.replace(
+            PAPER_LOOP,
+            envs_per_task=512,                # 2048 envs in all (Gymnax MinAtar steps cost little on a GPU)
+            batch_size=16384,                 # 4096 per game: 2 x 16384 / 2048 = 16 replayed per env step, the
+            updates_per_step=2,               # `gpu` preset's replay ratio (512 per 32 env steps)
+            n_step=3,                         # 3-step returns: Freeway learns sooner and in more seeds (cpu preset)
+            # 2^22 per game: 4 x 2^22 = 2^24 transitions, 1.4 kB each (uint8 obs and next_obs) = 23.7 GB per run.
+            replay_capacity=2**22,
+            # Freeway's episodes last 2500 steps: 2500 random iterations let every game finish an episode (a
+            # defined reward scale) before the first update.
+            random_steps=2500 * 512,
+            steps_per_chunk=500 * 512,
+            total_steps=20_000_000,
+            eval_episodes=512),               # = envs_per_task: the evaluation reuses the traced env step
+        # A 23.7 GB replay per run: checkpoints leave it out (a resume refills it).
+        run=runner.RunConfig(tasks="minatar", eval_every=5, checkpoint_every=10, save_replay=False),
+        description="massively parallel: 512 envs per game, batch 16384, 2 updates per iteration, 3-step returns, "
+                    "W=1024 bf16 trunk, 2^22 replay per game; for an H100-class GPU"),
     "cpu": runner.Preset(
         # Sized by measurement on a 2-core CPU shared with other jobs (load 3-4): one 3x3 conv (16 channels), a W=256
         # depth-1 trunk and 51 atoms make an update on a 128-transition batch 12-20 ms, and the 4 games' envs cost

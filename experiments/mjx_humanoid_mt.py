@@ -53,6 +53,46 @@ PRESETS = {
         run=runner.RunConfig(tasks="humanoid", eval_every=2, checkpoint_every=2, xla_optimization_level=1),
         description="W=256 critic, 20k env steps per task: ~25 min on a 2-core CPU; the humanoid does not visibly "
                     "learn that soon (use --tasks dmc-small: ~12 min, cartpole-swingup learns)"),
+    "fast": runner.Preset(
+        # The massively parallel regime (issue 13): thousands of envs per task feeding large task-balanced batches,
+        # a few updates per iteration. Started from FastTD3's published MuJoCo Playground settings
+        # (github.com/younggyoseo/FastTD3, fast_td3/hyperparams.py, `MuJoCoPlaygroundArgs`, the config behind its
+        # Playground humanoid stand/walk/run of 982/972/621 at 50M steps), keeping BRC's categorical cross-entropy
+        # loss, per-task return-range reward normaliser and task embedding. Not yet run on a GPU: the throughput
+        # below is an estimate from FLOPs, not a measurement (experiments/benchmark.py measures it).
+        agent=dataclasses.replace(
+            PAPER,
+            # A BroNet of FastTD3's critic width (its `critic_hidden_dim` 1024) at BRC's depth 2 (the `gpu` preset's
+            # critic): a whole update is 112 MFLOP per sample (XLA's cost analysis), 3.7 TFLOP per batch of 32768,
+            # ~7-11 ms on an H100 at 35-50% of its bf16 peak (PAPER's compute dtype; FastTD3 trains in bf16 AMP
+            # too). W=4096 would be ~15x that.
+            critic_width=1024,
+            actor_width=512,   # FastTD3's `actor_hidden_dim`
+            # FastTD3's target step (BRC: 0.005): with batches of 32768 each update averages over many samples, and
+            # a 0.1 target follows the online critic within ~10 updates instead of ~200.
+            tau=0.1),
+        # 101 atoms on [-10, 10] are both BRC's and FastTD3's Playground support; lr 3e-4 both; BRC's weight decay.
+        loop=LoopConfig(
+            envs_per_task=1024,          # FastTD3's `num_envs` (for one task), here per task: 3072 envs in all
+            batch_size=32768,            # FastTD3's batch, task-balanced: 10922-10923 per task per update
+            updates_per_step=2,          # FastTD3's `num_updates`: 2 x 32768 / 3072 = ~21 replayed per env step
+            gamma=0.97,                  # FastTD3's Playground discount (BRC: 0.99)
+            # 2^23 per task (FastTD3 keeps 10240 steps per env: ~10.5M per task), 3 x 2^23 = 25.2M transitions =
+            # 15.7 GB per run of float32 humanoid transitions, so 2 seeds fit an 80 GB card beside the learner.
+            replay_capacity=2**23,
+            # All envs start together and Playground humanoid episodes last exactly 1000 steps: 1000 random
+            # iterations (FastTD3: 10) let every task finish an episode, so the reward scale is defined before the
+            # first update (as BRC's 5000 random steps are longer than one episode).
+            random_steps=1000 * 1024,
+            steps_per_chunk=200 * 1024,  # 200 iterations per chunk: a log line every few seconds
+            # 24.4k iterations: ~20 minutes on an H100 if an iteration (3072 MJX steps + 2 updates) takes ~45 ms
+            total_steps=25_000_000,
+            eval_episodes=1024),         # = envs_per_task: FastTD3's 1024 eval envs; reuses the traced MJX step
+        # A 15.7 GB replay per run would make every checkpoint a 16 GB write: keep it out (a resume refills it).
+        run=runner.RunConfig(tasks="humanoid", eval_every=10, checkpoint_every=20, save_replay=False),
+        description="massively parallel: 1024 envs per task, batch 32768, 2 updates per iteration, W=1024 bf16 "
+                    "critic, 2^23 replay per task (FastTD3's Playground settings with BRC's critic); for an H100-class "
+                    "GPU"),
     "paper-ablation": runner.Preset(
         # BRC's central table (BRC.md): the categorical loss with normalised rewards against the MSE loss, with and
         # without the task embedding, at two critic widths: 8 programs (each of these changes shapes), trained one

@@ -4,10 +4,12 @@ recorded in docs/results.md from full-size runs; nothing here times anything).""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 from test_presets import SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _table_rows(text: str) -> list[list[str]]:
     rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
-
-
-def test_bench_update_prints_one_row_per_width(capsys):
-    bench = SCRIPTS["bench_update"]
-    bench.main(bench.Args(widths=(16, 32), depth=1, batch_size=10, num_tasks=3, obs_dim=5, action_dim=2, repeats=1))
-    rows = _table_rows(capsys.readouterr().out)
-    assert [row[0] for row in rows] == ["16", "32"] and all(float(row[2]) > 0 for row in rows)
 
 
 def test_bench_projection_runs_from_the_command_line():
@@ -57,3 +52,32 @@ def test_bench_runs_times_the_runs_axis_and_the_sweep(capsys, tmp_path):
     assert [row[0] for row in sweep_rows] == ["vmapped (one program)", "sequential (un-vmapped, one compile)"]
     assert all(float(cell) > 0 for row in runs_rows + sweep_rows for cell in row[2:])
     assert json.loads(path.read_text()) == json.loads(json.dumps(results))
+
+
+def test_benchmark_smoke_writes_every_section(tmp_path):
+    """`benchmark.py --smoke` (Pendulum-v1, Brax's `fast` env, tiny networks) runs every section from the command line,
+    Brax's trainer in its child process, and writes the JSON and the markdown rows. Only that the numbers exist and
+    are positive is checked: nothing here is timed."""
+    out = tmp_path / "bench.json"
+    environ = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}  # conftest's cache: reruns compile less
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--smoke", "--out", str(out)],
+                   check=True, timeout=900, env=environ, cwd=ROOT)
+    results = json.loads(out.read_text())
+    sections = results["sections"]
+    assert set(sections) == {"components", "host_vs_fused", "brax", "scaling", "flops"}
+    assert set(sections["components"]) == {"env", "update", "replay", "fused"}
+    components = sections["components"]
+    assert all(row["env_steps_per_s"] > 0 for row in components["env"])
+    assert all(row["ms_per_update"] > 0 and row["flops"] > 0 for row in components["update"]["rows"])
+    assert all(row["items_per_s"] > 0 for row in components["replay"]["rows"])
+    assert components["fused"]["fused_iteration_ms"] > 0 and components["fused"]["ratio_to_all_parts"] > 0
+    assert all(row["host_env_steps_per_s"] > 0 and row["fused_env_steps_per_s"] > 0
+               for row in sections["host_vs_fused"])
+    assert sections["brax"]["brax_env_steps_per_s"] > 0 and sections["brax"]["ours_over_brax"] > 0
+    assert [row["runs"] for row in sections["scaling"]["runs"]] == [1, 2]
+    assert all(row["env_steps_per_s"] > 0 for row in sections["scaling"]["tasks"] + sections["scaling"]["runs"])
+    assert sections["flops"] == {"skipped": "skipped: no accelerator"} or sections["flops"]["rows"]
+    assert results["machine"]["backend"] and results["wall_s"] > 0
+    rows = out.with_suffix(".md").read_text()
+    assert "(1a) env steps/s" in rows and "(3) Brax SAC" in rows and "(4b) vmapped runs" in rows

@@ -28,7 +28,9 @@ def _load(script: Path):
 
 
 SCRIPTS = {script.stem: _load(script) for script in sorted(EXPERIMENTS.glob("*.py"))}
-CASES = [(name, preset) for name, module in SCRIPTS.items() for preset in getattr(module, "PRESETS", {})]
+# The runner's presets (`runner.Preset`); scripts with their own kind of preset (transfer.py) trace them themselves.
+CASES = [(name, preset) for name, module in SCRIPTS.items() for preset, chosen in getattr(module, "PRESETS", {}).items()
+         if isinstance(chosen, runner.Preset)]
 _ENVS: dict = {}  # one env per (tasks, episode length, options): JAX reuses the traced env step across presets
 
 
@@ -42,7 +44,7 @@ def _env(run_config: runner.RunConfig):
 def test_the_main_experiments_have_presets():
     assert {"mjx_humanoid_mt", "minatar_mt"} <= {name for name, _ in CASES}
     for name in ("mjx_humanoid_mt", "minatar_mt"):
-        assert {"paper", "gpu", "cpu", "smoke"} <= set(SCRIPTS[name].PRESETS), name
+        assert {"paper", "gpu", "cpu", "smoke", "fast"} <= set(SCRIPTS[name].PRESETS), name
 
 
 @pytest.mark.parametrize("script, preset", CASES, ids=[f"{s}-{p}" for s, p in CASES])
@@ -63,6 +65,11 @@ def test_preset_initialises_and_traces(script, preset):
     obs = state.replay.data["obs"]
     assert obs.shape[:3] == (seeds, num_tasks, chosen.loop.replay_capacity)
     assert obs.dtype == jax.numpy.dtype(env.obs_dtype)
+    if preset == "fast":  # the massively parallel regime (issue 13): traced, not allocated (15-24 GB of replay)
+        assert num_tasks * obs.shape[2] >= 2**24, "a replay of at least 2^24 transitions on the device"
+        assert state.env_state.obs.shape[:3] == (seeds, num_tasks, chosen.loop.envs_per_task)
+        assert chosen.loop.envs_per_task >= 512 and chosen.loop.batch_size // num_tasks >= 4096
+        assert chosen.agent.compute_dtype == "bfloat16"
 
 
 SWEEP_CASES = [(name, preset) for name, preset in CASES
