@@ -236,8 +236,9 @@ def test_resume_and_run_dir_guards(tmp_path):
         runner.run("test", brc, AGENT, LOOP, RUN, run_dir=run_dir)
     assert (run_dir / "notes.txt").read_text() == "mine"
 
-    saved = {"experiment": "test", "agent_module": brc.__name__, "preset": None, "agent": dataclasses.asdict(AGENT),
-             "loop": dataclasses.asdict(LOOP), "run": dataclasses.asdict(RUN)}
+    saved = json.loads(json.dumps({  # as JSON has it (tuples become lists)
+        "experiment": "test", "agent_module": brc.__name__, "preset": None, "agent": dataclasses.asdict(AGENT),
+        "loop": dataclasses.asdict(LOOP), "run": dataclasses.asdict(RUN)}))
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"agent.critic_width: saved 32, requested 64"):
         runner.run("test", brc, dataclasses.replace(AGENT, critic_width=64), LOOP, RUN, resume=run_dir)
