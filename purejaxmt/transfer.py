@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from purejaxmt.agents import brc
-from purejaxmt.runner import checkpoints
+from purejaxmt.treepaths import leaf_paths
 
 MODES = ("scratch", "embedding", "all")
 """In report order: the baseline first."""
@@ -77,7 +77,7 @@ def grow(saved: dict, template: Any, source_tasks: Sequence[str], tasks: Sequenc
         raise ValueError(f"the transfer tasks {tasks} drop source tasks {missing}: list the source's tasks first")
     rows = np.array([source_tasks.index(task) if task in source_tasks else -1 for task in tasks])
     leaves = []
-    for path, leaf in checkpoints._leaf_paths(template):
+    for path, leaf in leaf_paths(template):
         name = "/".join(path)
         if not leaf.size:
             leaves.append(np.zeros(leaf.shape, leaf.dtype))

@@ -29,19 +29,9 @@ def test_bench_projection_runs_from_the_command_line():
     assert all(float(row[-1]) < 1e-5 for row in rows), "the new projection differs from the old hat projection"
 
 
-def test_bench_chunk_times_the_plain_and_the_vmapped_chunk(capsys):
-    bench = SCRIPTS["bench_chunk"]
-    bench.main(bench.Args(tasks="Pendulum-v1", envs_per_task=2, batch_size=8, critic_width=16, seeds=(2,),
-                          iterations=4, repeats=1))
-    rows = _table_rows(capsys.readouterr().out)
-    assert [row[0] for row in rows] == ["un-vmapped", "vmapped over 2 seed(s)"]
-    assert all(float(row[3]) > 0 for row in rows)
-
-
 def test_bench_runs_times_the_runs_axis_and_the_sweep(capsys, tmp_path):
     bench = SCRIPTS["bench_runs"]
     path = tmp_path / "runs.json"
-    # The shapes of the bench_chunk test above, whose op-by-op inits this reuses in one session.
     results = bench.main(bench.Args(tasks="Pendulum-v1", envs_per_task=2, batch_size=8, critic_width=16,
                                     actor_width=128, iterations=4, replay_capacity=80, runs=(1, 2), repeats=1,
                                     learning_rates=(3e-4, 1e-3), sweep_seeds=1, sweep_chunks=2, json=path))

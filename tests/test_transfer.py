@@ -20,6 +20,7 @@ from purejaxmt import envs, transfer
 from purejaxmt.agents import brc, brc_discrete
 from purejaxmt.envs import ActionSpec, EnvSpec
 from purejaxmt.runner import checkpoints, saved
+from purejaxmt.treepaths import leaf_paths
 
 OBS_DIM, ACTION_DIM, PER_TASK = 5, 2, 6
 SOURCE, TASKS = ("a", "b", "c"), ("a", "b", "c", "d", "e")
@@ -59,7 +60,7 @@ def target(mode: str) -> tuple[brc.Agent, brc.Config]:
 
 
 def paths(tree) -> dict[str, np.ndarray]:
-    return {"/".join(path): np.asarray(leaf) for path, leaf in checkpoints._leaf_paths(tree)}
+    return {"/".join(path): np.asarray(leaf) for path, leaf in leaf_paths(tree)}
 
 
 @pytest.fixture(scope="module")

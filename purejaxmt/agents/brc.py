@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from purejaxmt import categorical, nets
+from purejaxmt.treepaths import path_names
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -364,8 +365,7 @@ class Agent:
         """Transfer's `embedding` mode when `frozen`: `after` with everything but the new tasks' embedding rows (and
         their optimiser moments, and the critic optimiser's step count) put back to `before`."""
         def critic_leaf(path: tuple, old: jax.Array, new: jax.Array) -> jax.Array:
-            names = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
-            if "task_embedding" in names:       # [T, D]: the new rows learn
+            if "task_embedding" in path_names(path):       # [T, D]: the new rows learn
                 learns = self.new_task_rows[:, None]
             elif old.ndim == 0 and jnp.issubdtype(old.dtype, jnp.integer):
                 learns = jnp.ones((), bool)     # Adam's step count

@@ -17,31 +17,21 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from purejaxmt.treepaths import leaf_paths
+
 STATE_LAYOUT = "state_layout.json"
-
-
-def _key_name(key: Any) -> str:
-    for attribute in ("name", "key", "idx"):  # GetAttrKey, DictKey / FlattenedIndexKey, SequenceKey
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def _leaf_paths(state: Any) -> list[tuple[tuple[str, ...], Any]]:
-    return [(tuple(_key_name(k) for k in path), leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
 def state_layout(state: Any) -> list[str]:
     """Every leaf of a state as `a/b/c shape dtype`, in order (concrete or abstract states alike)."""
-    return [f"{'/'.join(path)} {tuple(leaf.shape)} {leaf.dtype}" for path, leaf in _leaf_paths(state)]
+    return [f"{'/'.join(path)} {tuple(leaf.shape)} {leaf.dtype}" for path, leaf in leaf_paths(state)]
 
 
 def to_saveable(state: Any) -> dict:
     """The state as a nested dict keyed by path, without zero-size leaves (MJX data has some; orbax cannot save
     them)."""
     tree: dict = {}
-    for path, leaf in _leaf_paths(state):
+    for path, leaf in leaf_paths(state):
         if leaf.size:
             node = tree
             for name in path[:-1]:
@@ -53,7 +43,7 @@ def to_saveable(state: Any) -> dict:
 def from_saveable(saved: dict, template: Any) -> Any:
     """`template`'s structure filled from a nested dict of `to_saveable`'s shape (zero-size leaves made afresh)."""
     leaves = []
-    for path, leaf in _leaf_paths(template):
+    for path, leaf in leaf_paths(template):
         if not leaf.size:
             leaves.append(jnp.zeros(leaf.shape, leaf.dtype))
             continue

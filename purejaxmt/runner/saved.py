@@ -54,7 +54,7 @@ class SavedRun:
     @property
     def num_runs(self) -> int:
         """Runs in the checkpoint (a sweep program's settings x seeds, or the run's seeds)."""
-        return int(jax.tree.leaves(self.learners())[0].shape[0])
+        return _num_runs(self.learners())
 
     def _manager(self, **options: Any) -> ocp.CheckpointManager:
         return ocp.CheckpointManager((self.run_dir / "checkpoints").absolute(), **options)
@@ -88,9 +88,14 @@ class SavedRun:
 
     def learner(self, run: int = 0) -> dict:
         """Run `run`'s learner from the latest checkpoint: a nested dict of NumPy arrays without the runs axis."""
-        if not 0 <= run < self.num_runs:
-            raise ValueError(f"{self.run_dir} holds {self.num_runs} run(s); run {run} does not exist")
-        return jax.tree.map(lambda x: x[run], self.learners())
+        learners = self.learners()    # one checkpoint read for the count and the arrays
+        if not 0 <= run < _num_runs(learners):
+            raise ValueError(f"{self.run_dir} holds {_num_runs(learners)} run(s); run {run} does not exist")
+        return jax.tree.map(lambda x: x[run], learners)
+
+
+def _num_runs(learners: dict) -> int:
+    return int(jax.tree.leaves(learners)[0].shape[0])
 
 
 _LEARNERS: dict[Path, tuple[int, dict]] = {}
