@@ -70,7 +70,10 @@ PRESETS = {
             actor_width=512,   # FastTD3's `actor_hidden_dim`
             # FastTD3's target step (BRC: 0.005): with batches of 32768 each update averages over many samples, and
             # a 0.1 target follows the online critic within ~10 updates instead of ~200.
-            tau=0.1),
+            tau=0.1,
+            # FastTD3's `obs_normalization` (on for Playground): thousands of envs in lockstep episodes move the
+            # observation distribution fast early on; the statistics are the learner's, task-balanced.
+            normalize_observations=True),
         # 101 atoms on [-10, 10] are both BRC's and FastTD3's Playground support; lr 3e-4 both; BRC's weight decay.
         loop=LoopConfig(
             envs_per_task=1024,          # FastTD3's `num_envs` (for one task), here per task: 3072 envs in all

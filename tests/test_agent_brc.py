@@ -193,6 +193,51 @@ def test_entropy_correction_is_a_non_negative_term_under_both_rules():
     assert (scale("policy", -3.0) < scale("none")).all() and (scale("fixed") < scale("none")).all()
 
 
+def test_observation_statistics_equal_float64_numpy_over_uneven_batches():
+    """The running merge of batches of 1, 5, 64 and 300 observations (means far from 0, scales from 1e-3 to 1e3)
+    equals NumPy's float64 mean and population variance of all of them at once."""
+    rng = np.random.default_rng(0)
+    scales, offsets = 10.0 ** rng.uniform(-3, 3, OBS_DIM), rng.uniform(-50, 50, OBS_DIM)
+    batches = [rng.normal(size=(n, OBS_DIM)) * scales + offsets for n in (1, 5, 64, 300)]
+    merge = jax.jit(brc.observation_statistics)
+    mean, var, count = jnp.zeros(OBS_DIM), jnp.ones(OBS_DIM), jnp.zeros(())
+    for obs in batches:
+        mean, var, count = merge(mean, var, count, jnp.asarray(obs, jnp.float32))
+    everything = np.concatenate(batches).astype(np.float32).astype(np.float64)
+    assert float(count) == len(everything)
+    # float32 sums: the means to 1e-6 of their size; the variances of dims whose mean is up to 3e4 spreads from 0
+    # (a spread of 1e-3 around 30) to 1e-3.
+    np.testing.assert_allclose(mean, everything.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, everything.var(axis=0), rtol=1e-3)
+
+
+def test_normalised_observations_make_the_update_invariant_to_their_scale(batch):
+    """With `normalize_observations` on, an update on observations `a * obs + b` (per-dimension a, b) gives the same
+    learner as on `obs`, and the actor then acts alike on the transformed inputs; with it off they differ. The
+    statistics are kept either way."""
+    a = jnp.asarray(np.random.default_rng(1).uniform(0.01, 100.0, OBS_DIM), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(2).uniform(-20.0, 20.0, OBS_DIM), jnp.float32)
+    moved = {**batch, "obs": batch["obs"] * a + b, "next_obs": batch["next_obs"] * a + b}
+    act = jax.jit(AGENT.act)
+    key = jax.random.PRNGKey(3)
+    for on in (True, False):
+        hyper = brc.Hyper.from_config(dataclasses.replace(CONFIG, normalize_observations=on))
+        plain, _ = step(make_learner(hyper=hyper), batch, key, hyper=hyper)
+        scaled, _ = step(make_learner(hyper=hyper), moved, key, hyper=hyper)
+        np.testing.assert_allclose(scaled.obs_mean, plain.obs_mean * a + b, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(scaled.obs_var, plain.obs_var * a**2, rtol=1e-3)
+        params = (plain.actor_params, plain.critic_params), (scaled.actor_params, scaled.critic_params)
+        close = jax.tree.leaves(jax.tree.map(lambda x, y: np.allclose(x, y, rtol=1e-3, atol=1e-4), *params))
+        obs = batch["obs"].reshape(NUM_TASKS, PER_TASK, OBS_DIM)
+        actions = act(plain, hyper, obs, key, None), act(scaled, hyper, obs * a + b, key, None)
+        if on:
+            assert all(close)
+            np.testing.assert_allclose(*actions, atol=1e-4)
+        else:
+            assert not all(close)
+            assert not np.allclose(*actions, atol=1e-2)
+
+
 def test_config_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="tau=1.5"):
         brc.Config(tau=1.5)

@@ -78,6 +78,11 @@ class Config:
     temperature_b1: float = 0.5
     target_entropy_per_dim: float = -0.5
     """Target entropy is this times a task's action count (-|A|/2)."""
+    normalize_observations: bool = False
+    """Feed actor and critic `(obs - mean) / std` (clipped to +-10) with the running mean and variance of every
+    observation the updates have drawn, all tasks pooled (task-balanced batches: each task weighs alike). Not in BRC
+    (off by default); FastTD3 and REPPO normalise observations in the massively parallel regime (the `fast` preset).
+    The statistics are kept either way (they are the learner's: evaluation, videos and transfer use them)."""
 
     new_task_rows: tuple[int, ...] = ()
     """Transfer (`purejaxmt.transfer`): the task-embedding rows of the tasks a loaded agent has not been trained on.
@@ -133,6 +138,7 @@ class Hyper:
     temperature_lr: jax.Array
     temperature_b1: jax.Array
     target_entropy_per_dim: jax.Array
+    normalize_observations: jax.Array
     freeze_trained: jax.Array
 
     @classmethod
@@ -154,6 +160,9 @@ class Learner:
     actor_opt_state: optax.OptState
     temperature_opt_state: optax.OptState
     policy_entropy: jax.Array            # [] float32, entropy of the last actor batch (for the "policy" correction)
+    obs_mean: jax.Array                  # [O] float32, running mean of the observations the updates drew
+    obs_var: jax.Array                   # [O] float32, their running (population) variance
+    obs_count: jax.Array                 # [] float32, how many
 
 
 def _adamw(hyper: Hyper) -> optax.GradientTransformation:
@@ -163,6 +172,33 @@ def _adamw(hyper: Hyper) -> optax.GradientTransformation:
 
 def _temperature_adam(hyper: Hyper) -> optax.GradientTransformation:
     return optax.adam(hyper.temperature_lr, b1=hyper.temperature_b1)
+
+
+OBS_CLIP = 10.0
+
+
+def observation_statistics(mean: jax.Array, var: jax.Array, count: jax.Array, obs: jax.Array
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The running `(mean, var, count)` of observations with a batch `obs [B, O]` merged in (Chan et al.'s parallel
+    update: exact for any batch sizes, no sum of squares that loses precision)."""
+    chex.assert_rank(obs, 2)
+    obs = obs.astype(jnp.float32)
+    batch_count = jnp.asarray(obs.shape[0], jnp.float32)
+    batch_mean, batch_var = obs.mean(axis=0), obs.var(axis=0)
+    total = count + batch_count
+    delta = batch_mean - mean
+    new_mean = mean + delta * (batch_count / total)
+    squares = var * count + batch_var * batch_count + jnp.square(delta) * (count * batch_count / total)
+    return new_mean, squares / total, total
+
+
+def normalized_observations(learner: Learner, hyper: Hyper, obs: jax.Array) -> jax.Array:
+    """`obs [..., O]` as the networks read it: standardised by the learner's running statistics (clipped to
+    +-`OBS_CLIP`) when `hyper.normalize_observations`, else as float32. Before any update the statistics are
+    mean 0, variance 1: the identity."""
+    obs = obs.astype(jnp.float32)
+    standardised = jnp.clip((obs - learner.obs_mean) * jax.lax.rsqrt(learner.obs_var + 1e-8), -OBS_CLIP, OBS_CLIP)
+    return jnp.where(hyper.normalize_observations > 0, standardised, obs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -217,6 +253,9 @@ class Agent:
             temperature_opt_state=_temperature_adam(hyper).init(log_temperature),
             # Before the first update the policy's entropy is unknown: its target (-|A|/2) stands in.
             policy_entropy=(hyper.target_entropy_per_dim * self.action_mask.sum(axis=-1).max()).astype(jnp.float32),
+            obs_mean=jnp.zeros(self.obs_dim, jnp.float32),
+            obs_var=jnp.ones(self.obs_dim, jnp.float32),
+            obs_count=jnp.zeros((), jnp.float32),
         )
 
     def _policy(self, actor_params: Params, obs: jax.Array, task_embedding: jax.Array, key: jax.Array,
@@ -232,7 +271,8 @@ class Agent:
         task_id = jnp.broadcast_to(jnp.arange(num_tasks)[:, None], (num_tasks, num_envs))
         task_embedding = self.critic.apply(learner.critic_params, task_id, method=nets.Critic.embed)
         action_mask = jnp.broadcast_to(self.action_mask[:, None], (num_tasks, num_envs, self.action_dim))
-        mean, log_std = self.actor.apply(learner.actor_params, obs.astype(jnp.float32), task_embedding)
+        mean, log_std = self.actor.apply(learner.actor_params, normalized_observations(learner, hyper, obs),
+                                         task_embedding)
         if explore_steps is None:
             return nets.deterministic_action(mean, action_mask)
         return nets.sample_tanh_gaussian(key, mean, log_std, action_mask)[0]
@@ -330,6 +370,13 @@ class Agent:
         adamw = _adamw(hyper)
         learner_before = learner
 
+        # Observation statistics first (this batch included), then both losses read standardised observations.
+        obs_mean, obs_var, obs_count = observation_statistics(learner.obs_mean, learner.obs_var, learner.obs_count,
+                                                              batch["obs"])
+        learner = learner.replace(obs_mean=obs_mean, obs_var=obs_var, obs_count=obs_count)
+        batch = {**batch, "obs": normalized_observations(learner, hyper, batch["obs"]),
+                 "next_obs": normalized_observations(learner, hyper, batch["next_obs"])}
+
         # Critic step.
         (_, critic_info), critic_grads = jax.value_and_grad(self.critic_loss, has_aux=True)(
             learner.critic_params, learner, batch, reward_scale, critic_key)
@@ -383,4 +430,4 @@ class Agent:
         return after.replace(
             **{name: critic_tree(name) for name in ("critic_params", "critic_target_params", "critic_opt_state")},
             **{name: kept(name) for name in ("actor_params", "actor_opt_state", "log_temperature",
-                                             "temperature_opt_state")})
+                                             "temperature_opt_state", "obs_mean", "obs_var", "obs_count")})
