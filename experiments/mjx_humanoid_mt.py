@@ -88,7 +88,8 @@ PRESETS = {
             # first update (as BRC's 5000 random steps are longer than one episode).
             random_steps=1000 * 1024,
             steps_per_chunk=200 * 1024,  # 200 iterations per chunk: a log line every few seconds
-            # 24.4k iterations: ~20 minutes on an H100 if an iteration (3072 MJX steps + 2 updates) takes ~45 ms
+            # 24.4k iterations: ~20 minutes on an H100 if an iteration (3072 MJX steps + 2 updates) takes ~45 ms;
+            # `--run.train-minutes 20` holds the run to the 20-minute goal whatever the iteration costs.
             total_steps=25_000_000,
             eval_episodes=1024),         # = envs_per_task: FastTD3's 1024 eval envs; reuses the traced MJX step
         # A 15.7 GB replay per run would make every checkpoint a 16 GB write: keep it out (a resume refills it).

@@ -168,6 +168,22 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, env):
         runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=resumed)
 
 
+def test_train_minutes_stops_after_a_chunk_with_an_evaluation_and_resumes(tmp_path, env, capsys):
+    """A budget spent by the first chunk: the run stops after it, evaluated there (eval_every=3 would not), and
+    checkpointed; a resume may drop the budget, and finishes the run."""
+    budget = dataclasses.replace(RUN, train_minutes=1e-6)
+    stopped = runner.run("test", brc, AGENT, LOOP, budget, env=env, run_dir=tmp_path / "budget")
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [row["chunk"] for row in rows] == [1, 1]
+    assert all(np.isfinite(row[f"eval/{TASKS}/return"]) for row in rows)
+    assert "train_minutes=1e-06 spent" in capsys.readouterr().out
+    resumed = runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=stopped)
+    assert [row["chunk"] for row in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())] == [
+        1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="train_minutes=0"):
+        dataclasses.replace(RUN, train_minutes=0)
+
+
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, env):
     with pytest.raises(ValueError, match="no-such-task"):
         runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="Pendulum-v1,no-such-task"),

@@ -41,6 +41,11 @@ class RunConfig:
     xla_optimization_level: int = 3
     """XLA backend optimisation level (0-3) of the compiled programs. On a CPU, 1 compiles an MJX humanoid step in
     about half the time of 3 and runs it about 1.4x slower (docs/results.md): worth it for short runs."""
+    train_minutes: float | None = None
+    """A wall-clock budget: stop after the first chunk that ends this many minutes into the run (the metrics'
+    `wall_time`: training, evaluations and checkpoints, the time before a resume included, compiles excluded),
+    evaluated there, checkpointed and resumable as after SIGINT. For fixed-budget comparisons ("returns after 20
+    minutes on one GPU"); a resume may raise or drop it. None: no budget, the run ends at `total_steps`."""
     logger: str = "none"
     """Also show the metrics log in "tensorboard" (event files in <run dir>/tensorboard/) or "wandb" (a Weights &
     Biases run, offline without an API key); "none": metrics.jsonl only. Needs `pip install -e ".[loggers]"`."""
@@ -56,6 +61,8 @@ class RunConfig:
             problems.append(f"sticky_actions={self.sticky_actions} must be a probability in [0, 1]")
         if self.xla_optimization_level not in (0, 1, 2, 3):
             problems.append(f"xla_optimization_level={self.xla_optimization_level} must be 0, 1, 2 or 3")
+        if self.train_minutes is not None and not self.train_minutes > 0:  # False for NaN too
+            problems.append(f"train_minutes={self.train_minutes} must be > 0 (or None for no budget)")
         if self.logger not in LOGGERS:
             problems.append(f"logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
         if problems:

@@ -250,8 +250,12 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             jax.block_until_ready(metrics)
             chunk += 1
             chunk_seconds = time.perf_counter() - chunk_start
+            # Every process decides alike (the evaluation below is one collective program).
+            elapsed = wall_offset + time.perf_counter() - loop_start  # the metrics' wall_time
+            out_of_time = (run_config.train_minutes is not None and chunk < num_chunks
+                           and _any_process(elapsed >= 60.0 * run_config.train_minutes))
             evaluation = None
-            if chunk % run_config.eval_every == 0 or chunk == num_chunks:
+            if chunk % run_config.eval_every == 0 or chunk == num_chunks or out_of_time:
                 evaluation = devices.local_values(evaluate(state, run_keys, chunk), mine)
             local_metrics = devices.local_values(metrics, mine)
             rows = rundir.metrics_rows(jax.tree.map(lambda x: x[logged], local_metrics), task_names,
@@ -267,6 +271,9 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             bar.set_postfix(sps=f"{steps_per_chunk_all / chunk_seconds:,.0f}",
                             ret=rundir.mean_return(rows, task_names, "train"), refresh=False)
             if progress_fn is not None and progress_fn(chunk, rows) is False:
+                stop.requested = True
+            if out_of_time:
+                say(f"\n[purejaxmt] train_minutes={run_config.train_minutes} spent ({elapsed / 60:.1f} min)")
                 stop.requested = True
             stop.requested = _any_process(stop.requested)
             if chunk % run_config.checkpoint_every == 0 or chunk == num_chunks or stop.requested:

@@ -53,8 +53,8 @@ def load_saved_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# Run fields that say how a run is watched, not what it computes: a resume may change them.
-NOT_THE_RUN = ("logger", "video")
+# Run fields that say how a run is watched or how long it may take, not what it computes: a resume may change them.
+NOT_THE_RUN = ("logger", "video", "train_minutes")
 
 
 def check_resumable(run_dir: Path, record: dict) -> None:
