@@ -36,6 +36,52 @@ def _curve(rows: list[dict], field: str) -> tuple[np.ndarray, np.ndarray, np.nda
             np.array([v.max() for v in values]))
 
 
+X_AXES = {"wall_time": "wall clock (minutes, compiles excluded)", "step": "env steps per task"}
+
+
+def run_curves(run_dir: Path, task: str, x: str = "wall_time") -> tuple[np.ndarray, ...]:
+    """One run directory's evaluation curve on `task`: (x, mean, min, max) over its seeds at each evaluated chunk,
+    x the chunk's env steps per task or its mean `wall_time` over the seeds in minutes."""
+    if x not in X_AXES:
+        raise ValueError(f"x={x!r}: choose one of {list(X_AXES)}")
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    steps, mean, low, high = _curve(rows, f"eval/{task}/return")
+    if x == "step":
+        return steps, mean, low, high
+    minutes = {step: np.mean([row["wall_time"] for row in rows if row["step"] == step]) / 60.0 for step in steps}
+    return np.array([minutes[step] for step in steps]), mean, low, high
+
+
+def plot_runs(run_dirs: list[Path], labels: list[str], task_names: list[str], out_dir: Path,
+              x: str = "wall_time") -> list[Path]:
+    """`out_dir/<task>.png` per task: the evaluation curves of several runs side by side (mean over each run's seeds,
+    min-max band) against wall clock or env steps; for comparing presets at equal time, such as `fast` and `gpu`."""
+    from matplotlib.figure import Figure
+
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run dirs")
+    curves = {task: [run_curves(run_dir, task, x) for run_dir in run_dirs] for task in task_names}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task, per_run in curves.items():
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        for label, (xs, mean, low, high) in zip(labels, per_run):
+            if len(xs):
+                ax.plot(xs, mean, "o-", label=label, markersize=3)
+                ax.fill_between(xs, low, high, alpha=0.2)
+        ax.set_xlabel(X_AXES[x])
+        ax.set_ylabel("eval return")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(out_dir) / f"{task}.png"
+        fig.savefig(path, dpi=100)
+        paths.append(path)
+    return paths
+
+
 def plot_learning_curves(run_dir: Path, task_names: list[str]) -> list[Path]:
     """Writes `plots/<task>.png` for each task and returns the paths."""
     from matplotlib.figure import Figure  # here, not at the top: importing matplotlib takes a while

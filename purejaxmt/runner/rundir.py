@@ -49,7 +49,7 @@ def new_run_dir(experiment: str, root: Path = Path("runs")) -> Path:
 def load_saved_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume from {run_dir}: no config.json there (is it a purejaxmt run dir?)")
+        raise FileNotFoundError(f"{run_dir} has no config.json (is it a purejaxmt run dir?)")
     return json.loads(path.read_text())
 
 
