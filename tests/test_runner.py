@@ -216,6 +216,8 @@ def test_command_line_presets_shorthands_and_help(capsys, monkeypatch):
                                              "--seeds", "3", "--agent.learning-rate", "0.001"])
     assert command.run.minimal_action_set and command.loop.total_steps == 80 and command.run.seeds == 3
     assert command.agent.learning_rate == 0.001 and not command.single_task_baselines
+    # The README's `--run.train-minutes 20` (the fast preset's 20-minute goal).
+    assert runner.parse_command(presets, ["--preset", "tiny", "--run.train-minutes", "20"]).run.train_minutes == 20.0
     np.testing.assert_array_equal(runner.make_env(command.run).spec.action.mask.sum(1), [3, 5, 3, 4])
     assert runner.make_env(runner.parse_command(presets, ["--preset", "tiny"]).run).spec.action.mask.all()
     with pytest.raises(SystemExit, match="unknown --preset 'huge'"):
