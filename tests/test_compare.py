@@ -50,7 +50,8 @@ def test_compare_plots_runs_against_wall_clock_and_steps(tmp_path, capsys):
 def test_compare_errors_name_the_problem(tmp_path):
     compare = SCRIPTS["compare"]
     a = fake_run(tmp_path / "a", "Pendulum-v1", "x", rows({1: [0.0, 0.0]}, 1.0))
-    b = fake_run(tmp_path / "b", "MountainCarContinuous-v0", "y", rows({1: [0.0, 0.0]}, 1.0, "MountainCarContinuous-v0"))
+    car = "MountainCarContinuous-v0"
+    b = fake_run(tmp_path / "b", car, "y", rows({1: [0.0, 0.0]}, 1.0, car))
     with pytest.raises(SystemExit, match="share no task"):
         compare.main([str(a), str(b), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="x='minutes'"):
