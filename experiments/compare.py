@@ -18,7 +18,7 @@ from typing import Annotated
 
 import tyro
 
-from purejaxmt import plotting
+from purejaxmt import envs, plotting
 from purejaxmt.runner import rundir
 
 
@@ -42,20 +42,19 @@ def main(argv: list[str] | None = None) -> Path:
         records = [rundir.load_saved_config(run_dir) for run_dir in args.run_dirs]
         labels = list(args.labels) or [record.get("preset") or run_dir.name
                                        for record, run_dir in zip(records, args.run_dirs)]
-        from purejaxmt import envs
-
         task_lists = [envs.resolve(record["run"]["tasks"]) for record in records]
         tasks = [task for task in task_lists[0] if all(task in names for names in task_lists[1:])]
         if not tasks:
             raise ValueError(f"the runs share no task: {[list(names) for names in task_lists]}")
         out = args.out or Path("runs") / "compare" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        paths = plotting.plot_runs(list(args.run_dirs), labels, tasks, out, x=args.x)
+        curves = [plotting.eval_curves(run_dir, tasks, args.x) for run_dir in args.run_dirs]
+        paths = plotting.plot_runs(curves, labels, out, x=args.x)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     unit = "min" if args.x == "wall_time" else "steps"
     for task in tasks:
-        for label, run_dir in zip(labels, args.run_dirs):
-            xs, mean, _, _ = plotting.run_curves(run_dir, task, args.x)
+        for label, run in zip(labels, curves):
+            xs, mean, _, _ = run[task]
             last = f"{mean[-1]:.1f} at {xs[-1]:,.1f} {unit}" if len(xs) else "no evaluation yet"
             print(f"{task:30s} {label:20s} {last}")
     print(f"wrote {', '.join(str(path) for path in paths)}", file=sys.stderr)

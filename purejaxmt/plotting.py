@@ -39,34 +39,39 @@ def _curve(rows: list[dict], field: str) -> tuple[np.ndarray, np.ndarray, np.nda
 X_AXES = {"wall_time": "wall clock (minutes, compiles excluded)", "step": "env steps per task"}
 
 
-def run_curves(run_dir: Path, task: str, x: str = "wall_time") -> tuple[np.ndarray, ...]:
-    """One run directory's evaluation curve on `task`: (x, mean, min, max) over its seeds at each evaluated chunk,
-    x the chunk's env steps per task or its mean `wall_time` over the seeds in minutes."""
+def eval_curves(run_dir: Path, task_names: list[str], x: str = "wall_time") -> dict[str, tuple[np.ndarray, ...]]:
+    """One run directory's evaluation curves, per task (x, mean, min, max) over its seeds at each evaluated chunk,
+    x the chunk's env steps per task or its mean `wall_time` over the seeds in minutes. Reads the metrics once."""
     if x not in X_AXES:
         raise ValueError(f"x={x!r}: choose one of {list(X_AXES)}")
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    steps, mean, low, high = _curve(rows, f"eval/{task}/return")
-    if x == "step":
-        return steps, mean, low, high
-    minutes = {step: np.mean([row["wall_time"] for row in rows if row["step"] == step]) / 60.0 for step in steps}
-    return np.array([minutes[step] for step in steps]), mean, low, high
+    wall_times: dict[int, list[float]] = defaultdict(list)
+    for row in rows:
+        wall_times[row["step"]].append(row["wall_time"])
+    curves = {}
+    for task in task_names:
+        steps, mean, low, high = _curve(rows, f"eval/{task}/return")
+        xs = steps if x == "step" else np.array([np.mean(wall_times[step]) / 60.0 for step in steps])
+        curves[task] = (xs, mean, low, high)
+    return curves
 
 
-def plot_runs(run_dirs: list[Path], labels: list[str], task_names: list[str], out_dir: Path,
+def plot_runs(curves: list[dict[str, tuple[np.ndarray, ...]]], labels: list[str], out_dir: Path,
               x: str = "wall_time") -> list[Path]:
-    """`out_dir/<task>.png` per task: the evaluation curves of several runs side by side (mean over each run's seeds,
-    min-max band) against wall clock or env steps; for comparing presets at equal time, such as `fast` and `gpu`."""
+    """`out_dir/<task>.png` per task of the first run's `eval_curves`: several runs' curves side by side (mean over
+    each run's seeds, min-max band) against wall clock or env steps; for comparing presets at equal time, such as
+    `fast` and `gpu`."""
     from matplotlib.figure import Figure
 
-    if len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run dirs")
-    curves = {task: [run_curves(run_dir, task, x) for run_dir in run_dirs] for task in task_names}
+    if len(labels) != len(curves):
+        raise ValueError(f"{len(labels)} labels for {len(curves)} run dirs")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
-    for task, per_run in curves.items():
+    for task in curves[0]:
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        for label, (xs, mean, low, high) in zip(labels, per_run):
+        for label, run in zip(labels, curves):
+            xs, mean, low, high = run[task]
             if len(xs):
                 ax.plot(xs, mean, "o-", label=label, markersize=3)
                 ax.fill_between(xs, low, high, alpha=0.2)

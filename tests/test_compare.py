@@ -40,7 +40,7 @@ def test_compare_plots_runs_against_wall_clock_and_steps(tmp_path, capsys):
     assert printed[1].split() == ["Pendulum-v1", "gpu", "-900.0", "at", "5.0", "min"]
     assert (out / "Pendulum-v1.png").stat().st_size > 0
     assert not (out / "MountainCarContinuous-v0.png").exists()  # only the tasks both runs have
-    xs, mean, low, high = plotting.run_curves(fast, "Pendulum-v1", x="step")
+    xs, mean, low, high = plotting.eval_curves(fast, ["Pendulum-v1"], x="step")["Pendulum-v1"]
     np.testing.assert_array_equal(xs, [100, 200])
     np.testing.assert_array_equal(np.stack([mean, low, high]), [[-800, -200], [-900, -300], [-700, -100]])
     compare.main([str(fast), "--x", "step", "--labels", "mine", "--out", str(tmp_path / "steps")])
