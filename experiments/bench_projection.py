@@ -92,7 +92,8 @@ def make_inputs(rng: np.random.Generator, shape: tuple[int, ...], support: np.nd
     return jnp.asarray(atoms), jnp.asarray(probs, jnp.float32)
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line, apart from `main` so that tests/test_docs.py can parse the documented commands."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[256, 1024], help="batch rows R: atoms are [R, K]")
     parser.add_argument("--num-bins", type=int, default=101, help="K (also N, the positions per row)")
@@ -101,6 +102,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--alternatives", action="store_true", help="also time the scatter and one-hot variants")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main() -> None:
+    parser = make_parser()
     args = parser.parse_args()
     if args.repeats < 20:
         parser.error("--repeats must be >= 20")

@@ -1,0 +1,231 @@
+"""The docs a reader follows (README.md and docs/*.md): every relative link and image resolves to a file (and an
+`#anchor` to a heading of it), and every `python experiments/...` command in them, in a code block or in inline code,
+parses with its script's own parser, nothing run:
+
+- runner experiments (`PRESETS` of `runner.Preset`): `runner.parse_command`, then the sweep's settings and programs
+  (`runner.sweep`), and the command's preset and every one of its tasks must be among those tests/test_presets.py
+  traces for that script, so a doc cannot name a preset or task no test has traced;
+- transfer.py: its tyro `Args`, and the preset among those tests/test_transfer.py traces;
+- ablate.py, compare.py, render.py, benchmark.py, bench_runs.py: their tyro `Args`; bench_projection.py: its argparse
+  parser (`make_parser`).
+
+Placeholders: a `--resume` value of a runner experiment must be a run directory (the parser reads its config.json),
+so it is replaced by a run directory the runner's own record writer makes here (`_resume_dir`). Every other path
+(RUN_DIR, SWEEP_DIR, runs/<...>/<time>) is only a path to the parsers, which do not open it, so it stays as written.
+A misspelled flag, a removed preset, an unknown task or a bad sweep field still fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import test_presets  # the scripts as loaded there (`SCRIPTS`) and the traced (script, preset) pairs (`CASES`)
+import test_transfer
+import tyro
+
+from purejaxmt import envs, runner
+from purejaxmt.runner import rundir, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+OWN_TYRO_CLI = ("ablate", "compare", "render", "benchmark", "bench_runs", "transfer")
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+INLINE_CODE = re.compile(r"(`+)(.+?)\1")
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+
+
+def _split(path: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(prose lines, code-block lines) of a markdown file, each with its 1-based line number; a code line ending in a
+    backslash is joined with the next (numbered by its first line)."""
+    prose, code, in_code, pending = [], [], False, None
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if FENCE.match(line):
+            in_code, pending = not in_code, None
+        elif not in_code:
+            prose.append((number, line))
+        else:
+            start, text = (pending[0], f"{pending[1]} {line.strip()}") if pending else (number, line)
+            if text.rstrip().endswith("\\"):
+                pending = (start, text.rstrip()[:-1])
+            else:
+                code.append((start, text))
+                pending = None
+    return prose, code
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped (backticks, dots, colons...), spaces as '-'."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading anchors by its text
+    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    prose, _ = _split(path)
+    seen: dict[str, int] = {}
+    anchors = set()
+    for _, line in prose:
+        match = HEADING.match(line)
+        if match:
+            slug = _slug(match.group(2))
+            anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def _links() -> list[tuple[str, str]]:
+    """(where, target) of every relative link and image outside code, in every doc."""
+    found = []
+    for doc in DOCS:
+        for number, line in _split(doc)[0]:
+            for target in LINK.findall(INLINE_CODE.sub("", line)):
+                if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+                    found.append((f"{doc.relative_to(ROOT)}:{number}", target))
+    return found
+
+
+LINKS = _links()
+
+
+def test_the_docs_have_links():
+    assert len(LINKS) > 10, LINKS
+
+
+@pytest.mark.parametrize("where, target", LINKS, ids=[f"{w} {t}" for w, t in LINKS])
+def test_relative_link_resolves(where, target):
+    doc = ROOT / where.rsplit(":", 1)[0]
+    path, _, anchor = target.partition("#")
+    file = (doc.parent / path).resolve() if path else doc
+    assert file.exists(), f"{where}: the link {target!r} names {file}, which does not exist"
+    if anchor and file.suffix == ".md":
+        assert anchor in _anchors(file), (f"{where}: the link {target!r}: {file.name} has no heading with the anchor "
+                                          f"#{anchor}; its anchors: {sorted(_anchors(file))}")
+
+
+def _commands_in(text: str) -> list[list[str]]:
+    """The argv of each `python experiments/<script>.py ...` in a line of shell (a command inside a quoted string,
+    as in `ssh host "cd x && python experiments/..."`, included); stops at `&&`, `;`, `|`, a comment."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars="();|&")
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError as error:  # an unbalanced quote: not shell
+        raise AssertionError(f"cannot split {text!r} as a shell line: {error}") from None
+    commands = []
+    for i, token in enumerate(tokens):
+        if " " in token and "experiments/" in token:
+            commands += _commands_in(token)
+        elif token in ("python", "python3") and i + 1 < len(tokens) and tokens[i + 1].startswith("experiments/"):
+            argv = []
+            for word in tokens[i + 1:]:
+                if set(word) <= set("();|&"):
+                    break
+                argv.append(word)
+            commands.append(argv)
+    return commands
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for doc in DOCS:
+        prose, code = _split(doc)
+        spans = [(number, span) for number, line in prose for _, span in INLINE_CODE.findall(line)]
+        for number, text in [*code, *spans]:
+            if "experiments/" in text:
+                found += [(f"{doc.relative_to(ROOT)}:{number}", argv) for argv in _commands_in(text)]
+    return found
+
+
+COMMANDS = _commands()
+
+
+def test_the_docs_have_commands():
+    scripts = {Path(argv[0]).stem for _, argv in COMMANDS}
+    assert {"mjx_humanoid_mt", "minatar_mt", "transfer", "ablate", "render", "benchmark"} <= scripts, scripts
+
+
+def _traced_tasks() -> dict[str, set[str]]:
+    traced: dict[str, set[str]] = {}
+    for script, preset in test_presets.CASES:
+        tasks = test_presets.SCRIPTS[script].PRESETS[preset].run.tasks
+        traced.setdefault(script, set()).update(envs.resolve(tasks))
+    return traced
+
+
+TRACED_TASKS = _traced_tasks()
+TRANSFER_TRACED = set(next(mark.args[1] for mark in test_transfer.test_transfer_presets_trace.pytestmark
+                           if mark.name == "parametrize"))
+
+
+def _resume_dir(tmp_path_factory, script: str) -> Path:
+    """A run directory of `script` as the runner records one (config.json from `rundir.config_record`), of its first
+    traced preset: what `--resume DIR` reads before anything runs."""
+    run_dir = tmp_path_factory.getbasetemp() / f"resume-{script}"
+    if not (run_dir / "config.json").is_file():
+        module = test_presets.SCRIPTS[script]
+        name = next(preset for name_, preset in test_presets.CASES if name_ == script)
+        chosen = module.PRESETS[name]
+        record = rundir.config_record(module.EXPERIMENT, module.AGENT, chosen.agent, chosen.loop, chosen.run, name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def _parse(where: str, script: str, argv: list[str], run) -> object:
+    """`run(argv)` with the parser's own output captured; a `SystemExit` (tyro's and argparse's way to refuse) fails
+    the test with what the parser said."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            return run(argv)
+    except SystemExit as error:
+        if error.code in (0, None) and "--help" in argv:
+            return None
+        said = out.getvalue()
+        command = f"python {script} {shlex.join(argv)}"
+        raise AssertionError(f"{where}: `{command}` does not parse ({error}):\n{said}") from None
+
+
+@pytest.mark.parametrize("where, argv", COMMANDS, ids=[f"{w} {' '.join(a)[:70]}" for w, a in COMMANDS])
+def test_documented_command_parses(where, argv, tmp_path_factory):
+    script_path = ROOT / argv[0]
+    assert script_path.is_file(), f"{where}: {argv[0]} does not exist"
+    script, args = script_path.stem, argv[1:]
+    module = test_presets.SCRIPTS[script]
+    if script in OWN_TYRO_CLI:
+        parsed = _parse(where, argv[0], args, lambda a: tyro.cli(module.Args, args=a))
+        if script == "transfer" and parsed is not None:
+            assert parsed.preset in TRANSFER_TRACED, (
+                f"{where}: transfer preset {parsed.preset!r} is not traced by tests/test_transfer.py "
+                f"(traced: {sorted(TRANSFER_TRACED)})")
+        if script == "benchmark" and parsed is not None:
+            known = {"components", *module.SECTIONS}
+            assert set(parsed.sections) <= known, f"{where}: unknown sections {set(parsed.sections) - known}"
+        return
+    if script == "bench_projection":
+        _parse(where, argv[0], args, lambda a: module.make_parser().parse_args(a))
+        return
+    assert all(isinstance(chosen, runner.Preset) for chosen in module.PRESETS.values()), (
+        f"{where}: {argv[0]} is neither a runner experiment nor a script this test knows how to parse")
+    if "--resume" in args:  # the parser reads the run's config.json: a real (recorded, empty) run directory
+        index = args.index("--resume") + 1
+        args = [*args[:index], str(_resume_dir(tmp_path_factory, script)), *args[index + 1:]]
+    command = _parse(where, argv[0], args, lambda a: runner.parse_command(module.PRESETS, a))
+    if command is None:
+        return
+    assert (script, command.preset) in test_presets.CASES, (
+        f"{where}: preset {command.preset!r} of {script} is not traced by tests/test_presets.py")
+    tasks = set(envs.resolve(command.run.tasks))
+    assert tasks <= TRACED_TASKS[script], (
+        f"{where}: tasks {sorted(tasks - TRACED_TASKS[script])} of {script} are traced by no preset in "
+        f"tests/test_presets.py (traced: {sorted(TRACED_TASKS[script])})")
+    if command.is_sweep:
+        points = sweep.settings(list(command.sweep), list(command.variants), command.agent, command.loop)
+        sweep.plan_programs(points, module.AGENT, command.one_program)
