@@ -125,7 +125,7 @@ def _commands_in(text: str) -> list[list[str]]:
         elif token in ("python", "python3") and i + 1 < len(tokens) and tokens[i + 1].startswith("experiments/"):
             argv = []
             for word in tokens[i + 1:]:
-                if set(word) <= set("();|&"):
+                if word and set(word) <= set("();|&"):
                     break
                 argv.append(word)
             commands.append(argv)
