@@ -227,5 +227,8 @@ def test_documented_command_parses(where, argv, tmp_path_factory):
         f"{where}: tasks {sorted(tasks - TRACED_TASKS[script])} of {script} are traced by no preset in "
         f"tests/test_presets.py (traced: {sorted(TRACED_TASKS[script])})")
     if command.is_sweep:
-        points = sweep.settings(list(command.sweep), list(command.variants), command.agent, command.loop)
-        sweep.plan_programs(points, module.AGENT, command.one_program)
+        try:
+            points = sweep.settings(list(command.sweep), list(command.variants), command.agent, command.loop)
+            sweep.plan_programs(points, module.AGENT, command.one_program)
+        except ValueError as error:
+            raise AssertionError(f"{where}: the sweep of `python {shlex.join(argv)}` is refused: {error}") from None
