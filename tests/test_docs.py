@@ -122,7 +122,7 @@ def _commands_in(text: str) -> list[list[str]]:
     for i, token in enumerate(tokens):
         if " " in token and "experiments/" in token:
             commands += _commands_in(token)
-        elif token in ("python", "python3") and i + 1 < len(tokens) and tokens[i + 1].startswith("experiments/"):
+        elif token in ("python", "python3") and re.match(r"experiments/\w+\.py$", "".join(tokens[i + 1:i + 2])):
             argv = []
             for word in tokens[i + 1:]:
                 if word and set(word) <= set("();|&"):
