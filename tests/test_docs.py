@@ -2,12 +2,12 @@
 `#anchor` to a heading of it), and every `python experiments/...` command in them, in a code block or in inline code,
 parses with its script's own parser, nothing run:
 
-- runner experiments (`PRESETS` of `runner.Preset`): `runner.parse_command`, then the sweep's settings and programs
-  (`runner.sweep`), and the command's preset and every one of its tasks must be among those tests/test_presets.py
-  traces for that script, so a doc cannot name a preset or task no test has traced;
-- transfer.py: its tyro `Args`, and the preset among those tests/test_transfer.py traces;
-- ablate.py, compare.py, render.py, benchmark.py, bench_runs.py: their tyro `Args`; bench_projection.py: its argparse
-  parser (`make_parser`).
+- a script with its own tyro `Args` (ablate, compare, render, benchmark, bench_runs, transfer): `tyro.cli(Args)`, and
+  a preset it names must be one its tests trace (transfer's: tests/test_transfer.py);
+- a script with an argparse `make_parser()` (bench_projection): that parser;
+- a runner experiment (`PRESETS` of `runner.Preset`): `runner.parse_command`, then the sweep's settings and programs
+  (`runner.sweep`); the command's preset and every one of its tasks must be among those tests/test_presets.py traces
+  for that script, so a doc cannot name a preset or task no test has traced.
 
 Placeholders: a `--resume` value of a runner experiment must be a run directory (the parser reads its config.json),
 so it is replaced by a run directory the runner's own record writer makes here (`_resume_dir`). Every other path
@@ -34,7 +34,6 @@ from purejaxmt.runner import rundir, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-OWN_TYRO_CLI = ("ablate", "compare", "render", "benchmark", "bench_runs", "transfer")
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 INLINE_CODE = re.compile(r"(`+)(.+?)\1")
@@ -160,8 +159,13 @@ def _traced_tasks() -> dict[str, set[str]]:
 
 
 TRACED_TASKS = _traced_tasks()
-TRANSFER_TRACED = set(next(mark.args[1] for mark in test_transfer.test_transfer_presets_trace.pytestmark
-                           if mark.name == "parametrize"))
+
+
+def _traced_own_presets() -> dict[str, set[str]]:
+    """The presets of scripts with their own kind of preset, as their tests trace them (the `parametrize` of
+    tests/test_transfer.py's preset trace)."""
+    marks = getattr(test_transfer.test_transfer_presets_trace, "pytestmark", [])
+    return {"transfer": {name for mark in marks if mark.name == "parametrize" for name in mark.args[1]}}
 
 
 def _resume_dir(tmp_path_factory, script: str) -> Path:
@@ -199,24 +203,28 @@ def test_documented_command_parses(where, argv, tmp_path_factory):
     assert script_path.is_file(), f"{where}: {argv[0]} does not exist"
     script, args = script_path.stem, argv[1:]
     module = test_presets.SCRIPTS[script]
-    if script in OWN_TYRO_CLI:
+    if hasattr(module, "Args"):  # its own tyro CLI: ablate, compare, render, benchmark, bench_runs, transfer
         parsed = _parse(where, argv[0], args, lambda a: tyro.cli(module.Args, args=a))
-        if script == "transfer" and parsed is not None:
-            assert parsed.preset in TRANSFER_TRACED, (
-                f"{where}: transfer preset {parsed.preset!r} is not traced by tests/test_transfer.py "
-                f"(traced: {sorted(TRANSFER_TRACED)})")
-        if script == "benchmark" and parsed is not None:
+        if parsed is not None and hasattr(parsed, "preset"):
+            traced = _traced_own_presets().get(script, set())
+            assert parsed.preset in module.PRESETS and parsed.preset in traced, (
+                f"{where}: preset {parsed.preset!r} of {script} is not among its presets traced by the tests "
+                f"(traced: {sorted(traced)}; tests/test_docs.py `_traced_own_presets` says where they are traced)")
+        if parsed is not None and script == "benchmark":
             known = {"components", *module.SECTIONS}
             assert set(parsed.sections) <= known, f"{where}: unknown sections {set(parsed.sections) - known}"
         return
-    if script == "bench_projection":
+    if hasattr(module, "make_parser"):  # its own argparse CLI: bench_projection
         _parse(where, argv[0], args, lambda a: module.make_parser().parse_args(a))
         return
-    assert all(isinstance(chosen, runner.Preset) for chosen in module.PRESETS.values()), (
-        f"{where}: {argv[0]} is neither a runner experiment nor a script this test knows how to parse")
-    if "--resume" in args:  # the parser reads the run's config.json: a real (recorded, empty) run directory
-        index = args.index("--resume") + 1
-        args = [*args[:index], str(_resume_dir(tmp_path_factory, script)), *args[index + 1:]]
+    assert all(isinstance(chosen, runner.Preset) for chosen in getattr(module, "PRESETS", {None: None}).values()), (
+        f"{where}: {argv[0]} is neither a runner experiment nor a script with an `Args` (tyro) or a `make_parser()` "
+        "(argparse) this test can parse without running it")
+    if any(arg == "--resume" or arg.startswith("--resume=") for arg in args):
+        # The parser reads the run's config.json, so the documented path becomes a real (recorded) run directory.
+        resume = str(_resume_dir(tmp_path_factory, script))
+        args = [f"--resume={resume}" if arg.startswith("--resume=") else arg for arg in args]
+        args = [resume if i and args[i - 1] == "--resume" else arg for i, arg in enumerate(args)]
     command = _parse(where, argv[0], args, lambda a: runner.parse_command(module.PRESETS, a))
     if command is None:
         return
