@@ -80,13 +80,15 @@ def _anchors(path: Path) -> set[str]:
 
 
 def _links() -> list[tuple[str, str]]:
-    """(where, target) of every relative link and image outside code, in every doc."""
+    """(where, target) of every relative link and image outside code, in every doc (link text may span lines)."""
     found = []
     for doc in DOCS:
-        for number, line in _split(doc)[0]:
-            for target in LINK.findall(INLINE_CODE.sub("", line)):
-                if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
-                    found.append((f"{doc.relative_to(ROOT)}:{number}", target))
+        prose = dict(_split(doc)[0])
+        text = "\n".join(INLINE_CODE.sub("", prose.get(number, "")) for number in range(1, max(prose, default=0) + 1))
+        for match in LINK.finditer(text):
+            target = match.group(1)
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+                found.append((f"{doc.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}", target))
     return found
 
 
