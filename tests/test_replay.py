@@ -268,3 +268,110 @@ def test_windows_need_a_capacity_that_keeps_envs_aligned():
     with pytest.raises(ValueError, match="larger than 12"):
         replay.sample_windows(_fill(1, 3, 12, 2), jax.random.PRNGKey(0), batch_size=4, length=5, stride=3)
     replay.sample_windows(state, jax.random.PRNGKey(0), batch_size=4, length=1, stride=3)  # no window to misalign
+
+
+# ---------------------------------------------------------------------------------------------- observation once
+
+
+def _stream(rng: np.random.Generator, num_tasks: int, envs_per_task: int, num_adds: int, end_rate: float) -> list:
+    """Transition batches `[T, E, ...]` as an env gives them: `next_obs` is the next batch's `obs` unless the
+    episode ended (terminal, truncated or both), where it is a true final observation the next batch never shows."""
+    shape = (num_tasks, envs_per_task)
+    obs = rng.normal(size=(*shape, 3)).astype(np.float32)
+    batches = []
+    for _ in range(num_adds):
+        terminal, truncated = rng.random(shape) < end_rate, rng.random(shape) < end_rate
+        ended = (terminal | truncated)[..., None]
+        following = rng.normal(size=(*shape, 3)).astype(np.float32)      # what the env acts on next
+        final = rng.normal(size=(*shape, 3)).astype(np.float32)
+        batches.append({"obs": obs, "action": rng.integers(0, 5, shape).astype(np.int32),
+                        "reward": rng.normal(size=shape).astype(np.float32),
+                        "next_obs": np.where(ended, final, following), "terminal": terminal, "truncated": truncated})
+        obs = following
+    return batches
+
+
+def _both_layouts(batches: list, capacity: int, final_capacity: int | None = None):
+    example = {name: jnp.asarray(value[:, 0]) for name, value in batches[0].items()}
+    plain = replay.init(example, capacity)
+    once = replay.init(example, capacity, envs_per_task=batches[0]["obs"].shape[1], final_capacity=final_capacity)
+    for batch in batches:
+        plain, once = _add(plain, batch), _add(once, batch)
+    return plain, once
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype, name
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+# (T, E, C, adds): before the ring is full, full, wrapped many times; C a multiple of E or not; C == E.
+STREAMS = [(2, 3, 12, 3), (2, 3, 12, 4), (2, 3, 12, 11), (1, 4, 10, 9), (3, 2, 2, 5), (2, 5, 20, 17)]
+
+
+@pytest.mark.parametrize("num_tasks, envs_per_task, capacity, num_adds", STREAMS)
+@pytest.mark.parametrize("end_rate", [0.0, 0.2, 0.6])
+def test_observation_once_samples_exactly_the_stored_transitions(num_tasks, envs_per_task, capacity, num_adds,
+                                                                 end_rate):
+    """Bit for bit the batches of the layout that stores every field, for the same keys: plain samples and n-step
+    windows, with episodes ending by termination, truncation and both, across the ring's wrap."""
+    rng = np.random.default_rng(num_adds * 100 + envs_per_task)
+    plain, once = _both_layouts(_stream(rng, num_tasks, envs_per_task, num_adds, end_rate), capacity)
+    assert "next_obs" not in once.data and (np.asarray(once.finals.lost) == 0).all()
+    for seed in range(3):
+        key = jax.random.key(seed)
+        _assert_same(*[_sample(state, key, batch_size=num_tasks * 40 + 1)[0] for state in (once, plain)])
+        steps_per_env = min(num_adds, capacity // envs_per_task)
+        for length in range(1, 4):
+            if capacity % envs_per_task or length > steps_per_env or (length - 1) * envs_per_task >= capacity:
+                continue
+            got, want = [_sample_windows(state, key, batch_size=num_tasks * 40, length=length,
+                                         stride=envs_per_task)[0] for state in (once, plain)]
+            _assert_same(got, want)
+
+
+def test_every_stored_transition_is_read_back_exactly():
+    """Not by chance of the draw: every slot of a wrapped ring, read as `sample` reads it."""
+    num_tasks, envs_per_task, capacity = 2, 3, 12
+    plain, once = _both_layouts(_stream(np.random.default_rng(1), num_tasks, envs_per_task, 9, 0.3), capacity)
+    task_id = np.repeat(np.arange(num_tasks), capacity)
+    slots = np.tile(np.arange(capacity), num_tasks)
+    _assert_same(replay._read(once, jnp.asarray(task_id), jnp.asarray(slots)),
+                 jax.tree.map(lambda stored: stored[task_id, slots], plain.data))
+
+
+def test_a_full_finals_ring_counts_what_it_loses_and_keeps_the_newest():
+    """F = 3 finals per task for a stream that ends many episodes: the finals of the oldest ended items are
+    overwritten while those items are still stored, and counted; the newest F ended items read back exactly."""
+    num_tasks, envs_per_task, capacity, final_capacity = 1, 3, 12, 3
+    batches = _stream(np.random.default_rng(2), num_tasks, envs_per_task, 6, 0.5)
+    plain, once = _both_layouts(batches, capacity, final_capacity)
+    ended = np.concatenate([b["terminal"][0] | b["truncated"][0] for b in batches])  # items 0..17, slot = item % 12
+    live = np.flatnonzero(ended[-capacity:]) + len(ended) - capacity  # ended items still stored
+    assert len(live) > final_capacity
+    # Ended item number d takes final d % F and loses ended item d - F's, unless this add overwrote that item.
+    ended_items = np.flatnonzero(ended)
+    lost = sum(ended_items[d - final_capacity] >= (item // envs_per_task + 1) * envs_per_task - capacity
+               for d, item in enumerate(ended_items) if d >= final_capacity)
+    assert int(once.finals.lost[0]) == lost >= len(live) - final_capacity
+    got = replay._read(once, jnp.zeros(capacity, jnp.int32), jnp.arange(capacity))
+    want = plain.data
+    for item in live[-final_capacity:]:
+        np.testing.assert_array_equal(got["next_obs"][item % capacity], want["next_obs"][0, item % capacity])
+    for name in ("obs", "action", "reward", "terminal", "truncated"):
+        np.testing.assert_array_equal(got[name], want[name][0], err_msg=name)
+
+
+def test_observation_once_nbytes_is_what_init_allocates_and_about_half():
+    example = {"obs": jnp.zeros((3, 67), jnp.float32), "action": jnp.zeros((3, 21), jnp.float32),
+               "reward": jnp.zeros((3,), jnp.float32), "next_obs": jnp.zeros((3, 67), jnp.float32),
+               "terminal": jnp.zeros((3,), bool), "truncated": jnp.zeros((3,), bool)}
+    state = replay.init(example, 1000, envs_per_task=8, final_capacity=16)
+    assert replay.nbytes(example, 1000, 8, 16) == sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    per_item = replay.nbytes(example, 1000, 8, 16) / 3000
+    assert 360 <= per_item < 368  # obs 268 + action 84 + reward 4 + end 4, and the finals
+    assert replay.nbytes(example, 1000) == 3000 * 626 + 2 * 3 * 4  # every field stored, and the counters
+    with pytest.raises(ValueError, match="final_capacity=4"):
+        replay.init(example, 1000, envs_per_task=8, final_capacity=4)
