@@ -41,7 +41,15 @@ class LoopConfig:
 
     envs_per_task: int = 1
     replay_capacity: int = 1_000_000
-    """Transitions kept per task."""
+    """Transitions kept per task (each observation stored once: `replay` module docstring)."""
+    replay_final_capacity: int = 16384
+    """Ended episodes per task whose true final observation the replay keeps (`final_capacity`: at least
+    `envs_per_task`, at most `replay_capacity`). Sampling is exact while the ring holds no more ended transitions
+    than this (C / the mean episode length + E); beyond it the oldest finals are overwritten and counted in the
+    chunk metric `replay_lost_finals`."""
+    compact_obs: bool = False
+    """Store float observations as bfloat16 in the replay (half their bytes); the agent gets them back as float32,
+    rounded to bfloat16's 8 significant bits. Integer and bool observations are stored as they are."""
     batch_size: int = 1024
     """Transitions per update, drawn task-balanced (`batch_size // T` from each task, the remainder from tasks drawn
     at random per update; see `replay.balanced_task_ids`); 256 for single-task runs."""
@@ -94,6 +102,11 @@ class LoopConfig:
             raise ValueError("Invalid loop config: " + "; ".join(problems))
 
     @property
+    def final_capacity(self) -> int:
+        """Finals the replay keeps per task: `replay_final_capacity` clipped to [envs_per_task, replay_capacity]."""
+        return min(self.replay_capacity, max(self.envs_per_task, self.replay_final_capacity))
+
+    @property
     def iterations_per_chunk(self) -> int:
         return self.steps_per_chunk // self.envs_per_task
 
@@ -142,6 +155,7 @@ class Program(NamedTuple):
     init: Callable[[jax.Array, Hyper], RunState]
     train_chunk: Callable[[RunState], tuple[RunState, Metrics]]
     evaluate: Callable[[RunState, jax.Array], Metrics]
+    update: Callable[[RunState], tuple[RunState, Metrics]]  # one iteration's updates (the memory pre-flight's)
     hyper: Hyper                         # the configs' settings as data (the default for `init`)
     replay_nbytes: int                   # bytes of one run's replay buffer
     loop_config: LoopConfig
@@ -157,9 +171,13 @@ def hyper_of(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfi
                  agent=agent_module.Hyper.from_config(agent_config))
 
 
-def replay_example(spec: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    """One env's worth of each stored field, `[T, ...]`, in the dtypes the buffer keeps (observations compact)."""
-    num_tasks, obs = spec.num_tasks, jax.ShapeDtypeStruct((spec.num_tasks, *spec.obs_shape), spec.obs_dtype)
+def replay_example(spec: Any, compact_obs: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+    """One env's worth of each stored field, `[T, ...]`, in the dtypes the buffer keeps (observations in the env's
+    dtype: MinAtar's uint8; with `compact_obs` float observations as bfloat16)."""
+    obs_dtype = jnp.dtype(spec.obs_dtype)
+    if compact_obs and jnp.issubdtype(obs_dtype, jnp.floating):
+        obs_dtype = jnp.dtype(jnp.bfloat16)
+    num_tasks, obs = spec.num_tasks, jax.ShapeDtypeStruct((spec.num_tasks, *spec.obs_shape), obs_dtype)
     action = (jax.ShapeDtypeStruct((num_tasks,), jnp.int32) if spec.action.discrete
               else jax.ShapeDtypeStruct((num_tasks, spec.action.size), jnp.float32))
     flag = jax.ShapeDtypeStruct((num_tasks,), bool)
@@ -192,6 +210,55 @@ def n_step_transitions(windows: dict[str, jax.Array], gamma: float | jax.Array) 
             "discount": gamma ** num_counted.astype(jnp.float32)}
 
 
+def reward_scale(agent: Any, learner: Any, hyper: Hyper, normalizer: normalize.NormalizerState) -> jax.Array:
+    """`[T]`: the scale of every update's raw rewards, `V_max / (G_i + correction)` (ones with normalisation off)."""
+    correction = agent.reward_correction(learner, hyper.agent, hyper.gamma)
+    scale = normalize.scale(normalizer, agent.v_max, correction)
+    return jnp.where(hyper.normalize_rewards, scale, jnp.ones_like(scale))
+
+
+def sample_batch(replay_state: replay.ReplayState, key: jax.Array, loop_config: LoopConfig, gamma: jax.Array,
+                 obs_dtype: Any = None) -> dict[str, jax.Array]:
+    """A task-balanced batch of `loop_config.batch_size` (n-step) transitions as the update takes it: flat
+    `[B, ...]` leaves with `discount` (gamma^m of an m-step transition) and `task_id`; observations cast to
+    `obs_dtype` (the env's: undoes `compact_obs`), when given."""
+    if loop_config.n_step == 1:
+        items, task_id = replay.sample(replay_state, key, loop_config.batch_size)
+        batch = {**items, "discount": jnp.full(task_id.shape, gamma, jnp.float32), "task_id": task_id}
+    else:
+        windows, task_id = replay.sample_windows(replay_state, key, loop_config.batch_size,
+                                                 length=loop_config.n_step, stride=loop_config.envs_per_task)
+        batch = {**n_step_transitions(windows, gamma), "task_id": task_id}
+    if obs_dtype is not None:
+        batch.update(obs=batch["obs"].astype(obs_dtype), next_obs=batch["next_obs"].astype(obs_dtype))
+    return batch
+
+
+def evaluation_rollout(env: Any, agent: Any, learner: Any, agent_hyper: Any, key: jax.Array, num_episodes: int,
+                       num_steps: int, record: Callable[[Any, jax.Array], Any] | None = None
+                       ) -> tuple[jax.Array, Any]:
+    """The evaluation policy (`agent.act(..., None)`) on `num_episodes` fresh episodes per task, side by side (one
+    env each, never restarted: a finished episode's later rewards are not counted), for `num_steps` steps in one
+    `lax.scan`. Returns the undiscounted returns `[T, N]` and, with `record`, the per-step stack of
+    `{**record(env_state, alive), "reward": reward}` (the state acted on, whether its episode is still going on, and
+    the counted reward `[T, N]`); None without."""
+    env_state, _ = env.reset(key, num_episodes, reset_pool_size=1)  # evaluation episodes never restart
+
+    def step(carry: tuple[Any, jax.Array, jax.Array], _: None) -> tuple[tuple[Any, jax.Array, jax.Array], Any]:
+        env_state, returns, alive = carry
+        action = agent.act(learner, agent_hyper, env_state.obs, key, None)
+        seen = None if record is None else record(env_state, alive)
+        env_state, transition = env.step(env_state, action)
+        reward = jnp.where(alive, transition.reward, 0.0)
+        alive = alive & ~(transition.terminal | transition.truncated)
+        return (env_state, returns + reward, alive), None if record is None else {**seen, "reward": reward}
+
+    returns = jnp.zeros((env.spec.num_tasks, num_episodes), jnp.float32)
+    alive = jnp.ones((env.spec.num_tasks, num_episodes), bool)
+    (_, returns, _), seen = jax.lax.scan(step, (env_state, returns, alive), None, length=num_steps)
+    return returns, seen
+
+
 def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, env: Any) -> Program:
     """The `Program` of `agent_module` (with `Config`, `Hyper` and `Agent(config, spec)`) on `env`."""
     spec = env.spec
@@ -200,7 +267,8 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
     if loop_config.batch_size < num_tasks:
         raise ValueError(f"batch_size={loop_config.batch_size} is smaller than the number of tasks {num_tasks}: "
                          "batches are task-balanced, with at least one transition of every task")
-    example = replay_example(spec)
+    example = replay_example(spec, loop_config.compact_obs)
+    final_capacity = loop_config.final_capacity
     max_episode_length = max(spec.episode_length)
 
     def init(key: jax.Array, hyper: Hyper) -> RunState:
@@ -208,37 +276,25 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
         env_state, _ = env.reset(env_key, num_envs)
         return RunState(learner=agent.init(learner_key, hyper.agent), hyper=hyper,
                         normalizer=normalize.init(num_tasks, num_envs, max_episode_length),
-                        replay=replay.init(example, loop_config.replay_capacity), env_state=env_state, key=key,
-                        iteration=jnp.zeros((), jnp.int32), num_updates=jnp.zeros((), jnp.int32))
+                        replay=replay.init(example, loop_config.replay_capacity, num_envs, final_capacity),
+                        env_state=env_state, key=key, iteration=jnp.zeros((), jnp.int32),
+                        num_updates=jnp.zeros((), jnp.int32))
 
-    def reward_scale(state: RunState) -> jax.Array:
-        """`[T]`: `V_max / (G_i + correction)` (ones with normalisation off)."""
-        hyper = state.hyper
-        correction = agent.reward_correction(state.learner, hyper.agent, hyper.gamma)
-        scale = normalize.scale(state.normalizer, agent.v_max, correction)
-        return jnp.where(hyper.normalize_rewards, scale, jnp.ones_like(scale))
+    def scale_of(state: RunState) -> jax.Array:
+        return reward_scale(agent, state.learner, state.hyper, state.normalizer)
 
     def explore_steps(state: RunState) -> jax.Array:
         return (state.iteration - loop_config.random_iterations) * num_envs
 
-    def sample_batch(state: RunState, key: jax.Array) -> dict[str, jax.Array]:
-        """A task-balanced batch of (n-step) transitions, flat `[B, ...]`, with `discount` and `task_id`."""
-        if loop_config.n_step == 1:
-            items, task_id = replay.sample(state.replay, key, loop_config.batch_size)
-            discount = jnp.full(task_id.shape, state.hyper.gamma, jnp.float32)
-            return {**items, "discount": discount, "task_id": task_id}
-        windows, task_id = replay.sample_windows(state.replay, key, loop_config.batch_size,
-                                                 length=loop_config.n_step, stride=num_envs)
-        return {**n_step_transitions(windows, state.hyper.gamma), "task_id": task_id}
-
     def update_many(state: RunState) -> tuple[RunState, Metrics]:
         """`updates_per_step` updates, each on a fresh batch; returns the mean of their metrics."""
-        scale = reward_scale(state)  # the normaliser does not move between the updates of one iteration
+        scale = scale_of(state)  # the normaliser does not move between the updates of one iteration
 
         def one_update(state: RunState, _: None) -> tuple[RunState, Metrics]:
             key, sample_key, update_key = jax.random.split(state.key, 3)
-            learner, info = agent.update(state.learner, state.hyper.agent, sample_batch(state, sample_key), scale,
-                                         update_key, state.num_updates)
+            batch = sample_batch(state.replay, sample_key, loop_config, state.hyper.gamma, spec.obs_dtype)
+            learner, info = agent.update(state.learner, state.hyper.agent, batch, scale, update_key,
+                                         state.num_updates)
             return state.replace(learner=learner, key=key, num_updates=state.num_updates + 1), info
 
         state, infos = jax.lax.scan(one_update, state, None, length=loop_config.updates_per_step)
@@ -261,7 +317,8 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
         state = state.replace(
             key=key,
             env_state=env_state,
-            replay=replay.add(state.replay, {name: getattr(transition, name) for name in example}),
+            replay=replay.add(state.replay, {name: getattr(transition, name).astype(leaf.dtype)
+                                             for name, leaf in example.items()}),
             normalizer=normalize.update(state.normalizer, transition.reward, transition.terminal,
                                         transition.truncated, state.hyper.gamma),
             iteration=state.iteration + 1,
@@ -280,7 +337,8 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
         return state, {
             **chunk_metrics.finalize(totals, env_steps_per_task=loop_config.steps_per_chunk),
             **agent.chunk_extras(state.learner, state.hyper.agent, jnp.maximum(explore_steps(state), 0)),
-            "reward_scale": reward_scale(state),                                                        # [T]
+            "reward_scale": scale_of(state),                                                            # [T]
+            "replay_lost_finals": state.replay.finals.lost,                                             # [T]
             "step": state.iteration * num_envs,                                      # env steps per task so far
             "num_updates": state.num_updates,
         }
@@ -288,22 +346,12 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
     def evaluate(state: RunState, key: jax.Array) -> Metrics:
         """The evaluation policy on `eval_episodes` fresh episodes per task (side by side, one env each); per-task
         mean and std of the undiscounted return `[T]`. The training envs are untouched."""
-        env_state, _ = env.reset(key, loop_config.eval_episodes, reset_pool_size=1)  # eval episodes never restart
-
-        def step(carry: tuple[Any, jax.Array, jax.Array], _: None) -> tuple[tuple[Any, jax.Array, jax.Array], None]:
-            env_state, returns, alive = carry
-            action = agent.act(state.learner, state.hyper.agent, env_state.obs, key, None)
-            env_state, transition = env.step(env_state, action)
-            returns = returns + jnp.where(alive, transition.reward, 0.0)
-            alive = alive & ~(transition.terminal | transition.truncated)
-            return (env_state, returns, alive), None
-
-        returns = jnp.zeros((num_tasks, loop_config.eval_episodes), jnp.float32)
-        alive = jnp.ones((num_tasks, loop_config.eval_episodes), bool)
-        (_, returns, _), _ = jax.lax.scan(step, (env_state, returns, alive), None, length=max_episode_length)
+        returns, _ = evaluation_rollout(env, agent, state.learner, state.hyper.agent, key, loop_config.eval_episodes,
+                                        max_episode_length)
         return {"return": returns.mean(axis=1), "return_std": returns.std(axis=1)}
 
-    return Program(init=init, train_chunk=train_chunk, evaluate=evaluate,
+    return Program(init=init, train_chunk=train_chunk, evaluate=evaluate, update=update_many,
                    hyper=hyper_of(agent_module, agent_config, loop_config),
-                   replay_nbytes=replay.nbytes(example, loop_config.replay_capacity), loop_config=loop_config,
+                   replay_nbytes=replay.nbytes(example, loop_config.replay_capacity, num_envs, final_capacity),
+                   loop_config=loop_config,
                    task_names=tuple(spec.task_names), agent=agent)

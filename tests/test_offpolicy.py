@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxmt import envs, offpolicy
+from purejaxmt import envs, offpolicy, replay
 from purejaxmt.agents import brc, brc_discrete
 from purejaxmt.envs import ActionSpec, EnvSpec
 from purejaxmt.runner import devices
@@ -244,3 +244,39 @@ def test_normalize_rewards_off_gives_unit_reward_scale(pendulum):
     np.testing.assert_array_equal(metrics["reward_scale"], np.ones(1, np.float32))
     np.testing.assert_allclose(metrics["normalized_reward"], metrics["raw_reward"], rtol=1e-6)
     assert int(metrics["num_updates"]) == 20 and np.isfinite(float(metrics["critic_loss"]))
+
+
+# ---------------------------------------------------------------------------------------------- replay of real envs
+
+
+@pytest.mark.parametrize("tasks, episode_length, falls", [("Pendulum-v1,MountainCarContinuous-v0", 7, False),
+                                                          ("CartPole-v1", 15, True),
+                                                          ("Breakout-MinAtar,Freeway-MinAtar", 15, False)])
+def test_the_observation_once_replay_reads_back_every_transition_of_real_envs(tasks, episode_length, falls):
+    """The env contract the replay relies on (`next_obs` is the next observation acted on unless the episode ended)
+    holds for real envs: their transitions, truncated (time limit 7 or 15) and terminal (CartPole), MinAtar's uint8
+    grids among them, read back from the observation-once layout exactly as the every-field layout stores them,
+    across the ring's wrap."""
+    env, num_envs, capacity = envs.make(tasks, episode_length=episode_length), 3, 30
+    example = offpolicy.replay_example(env.spec)
+    agent_module = brc_discrete if env.spec.action.discrete else brc
+    agent = agent_module.Agent(agent_module.Config(critic_width=8, critic_depth=1, embed_dim=4), env.spec)
+
+    def step(env_state, key):
+        env_state, transition = env.step(env_state, agent.random_action(key, num_envs))
+        return env_state, {name: getattr(transition, name) for name in example}
+
+    env_state, _ = env.reset(jax.random.PRNGKey(0), num_envs)
+    _, stream = jax.jit(lambda s: jax.lax.scan(step, s, jax.random.split(jax.random.PRNGKey(1), 40)))(env_state)
+    assert np.asarray(stream["truncated"]).any()
+    assert np.asarray(stream["terminal"]).any() or not falls  # CartPole falls within 15 steps
+    plain, once = replay.init(example, capacity), replay.init(example, capacity, num_envs)
+    add = jax.jit(replay.add)
+    for k in range(40):
+        batch = jax.tree.map(lambda x, k=k: x[k], stream)
+        plain, once = add(plain, batch), add(once, batch)
+    task_id = jnp.repeat(jnp.arange(env.num_tasks), capacity)
+    slots = jnp.tile(jnp.arange(capacity), env.num_tasks)
+    got = replay._read(once, task_id, slots)
+    for name in example:
+        np.testing.assert_array_equal(got[name], plain.data[name][task_id, slots], err_msg=name)

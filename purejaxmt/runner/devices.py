@@ -10,6 +10,7 @@ back and logs only the runs on its own devices (`local_runs`, `local_values`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -200,7 +201,7 @@ def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None,
 
 
 def device_memory_bytes() -> int:
-    """Memory the replay buffers may use: the accelerator's limit, or the host's available memory on CPU."""
+    """Memory the runs of one device may use: the accelerator's limit, or the host's available memory on CPU."""
     device = jax.local_devices()[0]  # another process's devices cannot be asked
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
@@ -213,15 +214,84 @@ def device_memory_bytes() -> int:
         return 2**62  # unknown: do not block the run
 
 
-def check_replay_fits(program: Program, num_runs: int, num_devices: int = 1) -> int:
-    """The replay buffer's bytes per run, estimated before allocating it; a clear error when the runs of one device
-    (`num_runs / num_devices`) cannot fit it."""
-    per_run = program.replay_nbytes
-    num_runs = -(-num_runs // num_devices)
-    total, available = per_run * num_runs, device_memory_bytes()
-    if total > 0.8 * available:
+MEMORY_FRACTION = 0.8
+"""The share of `device_memory_bytes` the runs of one device may plan to use: the rest is headroom for what the
+estimate leaves out (the env step's and the evaluation's working sets, metrics, XLA's fragmentation)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per run, by part, and what the runs of one device need against what it has."""
+
+    parts: dict[str, int]  # replay, learner (parameters, targets, optimiser states), env_state, other, update
+    runs_per_device: int
+    available: int
+
+    @property
+    def per_run(self) -> int:
+        return sum(self.parts.values())
+
+    @property
+    def total(self) -> int:
+        return self.per_run * self.runs_per_device
+
+    @property
+    def runs_that_fit(self) -> int:
+        """Runs of one device that fit `MEMORY_FRACTION` of its memory."""
+        return int(MEMORY_FRACTION * self.available // max(self.per_run, 1))
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {_gib(size)}" for name, size in self.parts.items())
+        return (f"memory per run {_gib(self.per_run)} ({parts}) x {self.runs_per_device} run(s) per device = "
+                f"{_gib(self.total)} of {_gib(self.available)} {jax.devices()[0].platform} memory")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**26 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _nbytes(tree: Any) -> int:
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) * np.dtype(leaf.dtype).itemsize
+                   for leaf in jax.tree.leaves(tree)))
+
+
+def state_bytes(program: Program) -> dict[str, int]:
+    """One run's state by part, traced (`jax.eval_shape` of `init`): nothing compiled or allocated."""
+    state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
+    parts = {name: _nbytes(getattr(state, name)) for name in ("replay", "learner", "env_state")}
+    return {**parts, "other": _nbytes(state) - sum(parts.values())}
+
+
+def update_bytes(program: Program) -> int:
+    """The working set of one iteration's updates of one run beyond its state: XLA's memory analysis of the update
+    compiled alone (its state donated, as in the chunk): temporaries plus outputs that do not reuse an input."""
+    state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
+    analysis = jax.jit(program.update, donate_argnums=0).lower(state).compile().memory_analysis()
+    if analysis is None:  # a backend without memory analysis
+        return 0
+    return int(analysis.temp_size_in_bytes + max(analysis.output_size_in_bytes - analysis.alias_size_in_bytes, 0))
+
+
+def check_memory(program: Program, num_runs: int, num_devices: int = 1, seeds: int | None = None,
+                 available: int | None = None) -> MemoryEstimate:
+    """Estimates the bytes of the runs of one device (`num_runs / num_devices`) before anything is compiled or
+    allocated for the run: its state (`state_bytes`) and then the update's working set (`update_bytes`, which
+    compiles one update of one run). Raises a `MemoryError` naming the sizes and the largest `--seeds` that fits
+    (`seeds`: the run's seeds, the rest of `num_runs` being its settings) when they exceed `MEMORY_FRACTION` of the
+    device's memory (`available`, default `device_memory_bytes`). The state is checked first, so a run whose replay
+    alone cannot fit is refused without compiling anything."""
+    runs_per_device = -(-num_runs // num_devices)
+    available = device_memory_bytes() if available is None else available
+    estimate = MemoryEstimate(parts=state_bytes(program), runs_per_device=runs_per_device, available=available)
+    if estimate.total <= MEMORY_FRACTION * available:
+        estimate = dataclasses.replace(estimate, parts={**estimate.parts, "update": update_bytes(program)})
+    if estimate.total > MEMORY_FRACTION * available:
+        settings = max(num_runs // (seeds or num_runs), 1)
+        fit = estimate.runs_that_fit * num_devices // settings
+        advice = (f"at most --seeds {fit} fits" + (f" ({settings} settings each)" if settings > 1 else "")
+                  if fit else "not one run fits")
         raise MemoryError(
-            f"replay buffers need {per_run / 2**30:.2f} GiB per run x {num_runs} runs = {total / 2**30:.2f} GiB, "
-            f"but {jax.devices()[0].platform} memory available is {available / 2**30:.2f} GiB: lower "
-            f"--loop.replay-capacity (now {program.loop_config.replay_capacity}) or --seeds")
-    return per_run
+            f"out of memory before the start: {estimate.line()}; the runs may use {MEMORY_FRACTION:.0%} of it. "
+            f"{advice}: lower --seeds, or --loop.replay-capacity (now {program.loop_config.replay_capacity}), "
+            f"or set --loop.compact-obs true (bfloat16 observations)")
+    return estimate

@@ -183,7 +183,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     hypers = jax.tree.map(lambda *xs: jnp.stack(xs),
                           *[program.hyper if spec.hyper is None else spec.hyper for spec in all_runs])
     mine = devices.local_runs(sharding, padded)
-    replay_bytes = devices.check_replay_fits(program, padded, len(device_list))
+    memory = devices.check_memory(program, padded, len(device_list), seeds=run_config.seeds)
 
     def saveable(state: Any) -> Any:
         return state if run_config.save_replay else state.replace(replay=None)
@@ -202,7 +202,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
          f"{num_chunks} chunks of {steps_per_chunk} env steps per task, on {len(device_list)} x "
          f"{device_list[0].device_kind} in {jax.process_count()} process(es)")
     say("[purejaxmt] resolved config:\n" + json.dumps(record, indent=2))
-    say(f"[purejaxmt] replay buffer: {replay_bytes / 2**20:.1f} MiB per run")
+    say(f"[purejaxmt] {memory.line()}")
     sync("purejaxmt: run dir checked")  # no process writes before every process has checked the run dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and jax.process_index() == 0:
