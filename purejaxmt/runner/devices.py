@@ -274,24 +274,29 @@ def update_bytes(program: Program) -> int:
 
 def check_memory(program: Program, num_runs: int, num_devices: int = 1, seeds: int | None = None,
                  available: int | None = None) -> MemoryEstimate:
-    """Estimates the bytes of the runs of one device (`num_runs / num_devices`) before anything is compiled or
-    allocated for the run: its state (`state_bytes`) and then the update's working set (`update_bytes`, which
-    compiles one update of one run). Raises a `MemoryError` naming the sizes and the largest `--seeds` that fits
-    (`seeds`: the run's seeds, the rest of `num_runs` being its settings) when they exceed `MEMORY_FRACTION` of the
-    device's memory (`available`, default `device_memory_bytes`). The state is checked first, so a run whose replay
-    alone cannot fit is refused without compiling anything."""
+    """Estimates the bytes of the runs of one device (`num_runs / num_devices`) before anything is allocated for the
+    run, in three stages, each only when the one before fits: the replay buffer (arithmetic), the whole state
+    (`state_bytes`, traced) and the update's working set (`update_bytes`: compiles one update of one run). Raises a
+    `MemoryError` naming the sizes and the largest `--seeds` that fits (`seeds`: the run's seeds, the rest of
+    `num_runs` being its settings) when the runs need more than `MEMORY_FRACTION` of the device's memory
+    (`available`, default `device_memory_bytes`): a run whose replay alone cannot fit is refused at once."""
     runs_per_device = -(-num_runs // num_devices)
     available = device_memory_bytes() if available is None else available
-    estimate = MemoryEstimate(parts=state_bytes(program), runs_per_device=runs_per_device, available=available)
-    if estimate.total <= MEMORY_FRACTION * available:
-        estimate = dataclasses.replace(estimate, parts={**estimate.parts, "update": update_bytes(program)})
-    if estimate.total > MEMORY_FRACTION * available:
-        settings = max(num_runs // (seeds or num_runs), 1)
-        fit = estimate.runs_that_fit * num_devices // settings
-        advice = (f"at most --seeds {fit} fits" + (f" ({settings} settings each)" if settings > 1 else "")
-                  if fit else "not one run fits")
-        raise MemoryError(
-            f"out of memory before the start: {estimate.line()}; the runs may use {MEMORY_FRACTION:.0%} of it. "
-            f"{advice}: lower --seeds, or --loop.replay-capacity (now {program.loop_config.replay_capacity}), "
-            f"or set --loop.compact-obs true (bfloat16 observations)")
+    stages = (lambda parts: {"replay": program.replay_nbytes},
+              lambda parts: state_bytes(program),
+              lambda parts: {**parts, "update": update_bytes(program)})
+    estimate = MemoryEstimate(parts={}, runs_per_device=runs_per_device, available=available)
+    for stage in stages:
+        estimate = dataclasses.replace(estimate, parts=stage(estimate.parts))
+        if estimate.total > MEMORY_FRACTION * available:
+            settings = max(num_runs // (seeds or num_runs), 1)
+            fit = estimate.runs_that_fit * num_devices // settings
+            advice = (f"at most --seeds {fit} fits" + (f" ({settings} settings each)" if settings > 1 else "")
+                      if fit else "not one run fits")
+            counted = "" if "update" in estimate.parts else " (and more: counted so far)"
+            raise MemoryError(
+                f"out of memory before the start: {estimate.line()}{counted}; the runs may use "
+                f"{MEMORY_FRACTION:.0%} of it. {advice}: lower --seeds, or --loop.replay-capacity (now "
+                f"{program.loop_config.replay_capacity}), or set --loop.compact-obs true (float observations as "
+                "bfloat16)")
     return estimate
