@@ -344,8 +344,7 @@ class Context:
         reward = jax.ShapeDtypeStruct((env.num_tasks, point.envs_per_task), jnp.float32)
         stored = {name: jax.ShapeDtypeStruct((leaf.shape[0], point.envs_per_task, *leaf.shape[1:]), leaf.dtype)
                   for name, leaf in offpolicy.replay_example(env.spec).items()}
-        batch = jax.eval_shape(lambda replay, key, gamma: _sampled_batch(*fns.sample(replay, key), gamma),
-                               state.replay, key, state.hyper.gamma)
+        batch = jax.eval_shape(fns.sample, state.replay, key)
 
         def compile_all():
             fns.act.lower(state.learner, state.hyper, state.env_state.obs, key).compile()
@@ -458,18 +457,21 @@ class Fns:
             return agent.act(learner, hyper.agent, obs, act_key, jnp.zeros((), jnp.int32)), key
 
         def learn(learner, hyper, normalizer, batch, key, num_updates):
-            """The reward scale (`offpolicy`'s) and one update, as the loop runs them."""
+            """The reward scale and one update, as the loop runs them (`offpolicy.reward_scale`)."""
             key, update_key = jax.random.split(key)
-            correction = agent.reward_correction(learner, hyper.agent, hyper.gamma)
-            scale = normalize.scale(normalizer, agent.v_max, correction)
+            scale = offpolicy.reward_scale(agent, learner, hyper, normalizer)
             learner, info = agent.update(learner, hyper.agent, batch, scale, update_key, num_updates)
             return learner, key, info
+
+        def sample(replay_state, key):
+            """A batch as the update takes it (`offpolicy.sample_batch`)."""
+            return offpolicy.sample_batch(replay_state, key, program.loop_config, program.hyper.gamma)
 
         self.act = jax.jit(act)
         self.learn = jax.jit(learn, donate_argnums=0)
         self.normalize = jax.jit(normalize.update, donate_argnums=0)
         self.add = jax.jit(replay.add, donate_argnums=0)
-        self.sample = jax.jit(functools.partial(replay.sample, batch_size=point.batch_size))
+        self.sample = jax.jit(sample)
         self.random_action = jax.jit(agent.random_action, static_argnums=1)
 
 
@@ -503,7 +505,7 @@ def _transition_fields(transition: Any, names: Any) -> dict[str, jax.Array]:
 
 
 def _sampled_batch(items: dict, task_id: Any, gamma: Any, xp: Any = jnp) -> dict:
-    """A replay sample as the update takes it (`offpolicy.sample_batch` for one-step returns)."""
+    """The host loop's NumPy batch as the update takes it (`offpolicy.sample_batch` on the device)."""
     return {**items, "discount": xp.full(task_id.shape, gamma, xp.float32), "task_id": task_id.astype(xp.int32)}
 
 
@@ -591,16 +593,19 @@ def bench_updates(ctx: Context) -> dict[str, Any]:
 
 def bench_replay(ctx: Context) -> dict[str, Any]:
     """`replay.add` of E items per task and `replay.sample` of B items, task-balanced, on a full ring of the plan's
-    capacity per task (the env's transition layout: for the humanoid 626 bytes per item)."""
+    capacity per task, in the loop's layout (each observation stored once, `LoopConfig`'s default finals ring; the
+    humanoid's items are 360 bytes). One buffer per E (the layout is made for one E); sampling on the last."""
     spec, capacity = ctx.env(ctx.plan.env_tasks).spec, ctx.plan.replay_capacity
     example = offpolicy.replay_example(spec)
-    nbytes = replay.nbytes(example, capacity)
-    state = replay.init(example, capacity)
-    carry = {"state": state.replace(size=jnp.full_like(state.size, capacity))}  # sample from every slot of the ring
-    del state
-    rows = []
+    rows, carry, nbytes = [], {}, 0
     add = jax.jit(replay.add, donate_argnums=0)
     for num_envs in ctx.plan.replay_adds:
+        final_capacity = min(capacity, max(num_envs, offpolicy.LoopConfig.replay_final_capacity))  # the loop's
+        carry.clear()
+        state = replay.init(example, capacity, num_envs, final_capacity)
+        nbytes = replay.nbytes(example, capacity, num_envs, final_capacity)
+        carry["state"] = state.replace(size=jnp.full_like(state.size, capacity))  # sample from every slot
+        del state
         items = {name: jnp.ones((spec.num_tasks, num_envs, *leaf.shape[1:]), leaf.dtype)
                  for name, leaf in example.items()}
 
@@ -656,7 +661,7 @@ def time_parts(ctx: Context, point: Point) -> dict[str, float]:
              "normalizer": benchmarking.mean_seconds(normalizer, calls)}
     keys = iter(jax.random.split(jax.random.PRNGKey(3), 2 * calls + 4))
     parts["replay_sample"] = benchmarking.mean_seconds(lambda: fns.sample(carry["replay"], next(keys)), calls)
-    batch = _sampled_batch(*fns.sample(carry["replay"], next(keys)), hyper.gamma)
+    batch = fns.sample(carry["replay"], next(keys))
 
     def learn():
         carry["learner"], carry["key"], info = fns.learn(carry["learner"], hyper, carry["normalizer"], batch,

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from purejaxmt import offpolicy
@@ -140,26 +139,19 @@ def _physics(family_state: Any) -> dict[str, jax.Array] | None:
 
 def rollout(env: Any, agent: Any, learner: Any, agent_hyper: Any, key: jax.Array, num_steps: int,
             xla_optimization_level: int | None = None) -> dict[str, Any]:
-    """One env per task plays the evaluation policy for `num_steps` steps (as `offpolicy`'s `evaluate`: the same
-    reset and act call). Returns NumPy arrays: `obs [N, T, *O]` (the observation acted on at each step), `physics`
+    """One env per task plays the evaluation policy for `num_steps` steps (`offpolicy.evaluation_rollout`, the
+    evaluation's own rollout). Returns NumPy arrays: `obs [N, T, *O]` (the observation acted on at each step), `physics`
     (per family: `qpos [N, n, nq]`, mocap poses; None for non-MJX families), `reward [N, T]` (0 after the episode's
     end), `alive bool[N, T]` (the step belongs to the first episode), `return [T]`, `length [T]`."""
 
     def play(learner: Any, agent_hyper: Any, key: jax.Array) -> dict[str, Any]:
-        env_state, _ = env.reset(key, 1, reset_pool_size=1)  # the episode is never restarted (cut at its end)
-
-        def step(carry: tuple[Any, jax.Array], _: None) -> tuple[tuple[Any, jax.Array], dict[str, Any]]:
-            env_state, alive = carry
-            action = agent.act(learner, agent_hyper, env_state.obs, key, None)
-            seen = {"obs": env_state.obs[:, 0], "alive": alive,
+        def record(env_state: Any, alive: jax.Array) -> dict[str, Any]:
+            return {"obs": env_state.obs[:, 0], "alive": alive[:, 0],
                     "physics": tuple(_physics(state) for state in env_state.family_states)}
-            env_state, transition = env.step(env_state, action)
-            seen["reward"] = jnp.where(alive, transition.reward[:, 0], 0.0)
-            alive = alive & ~(transition.terminal | transition.truncated)[:, 0]
-            return (env_state, alive), seen
 
-        _, seen = jax.lax.scan(step, (env_state, jnp.ones((env.num_tasks,), bool)), None, length=num_steps)
-        return seen
+        # One episode per task, never restarted (cut at its end): the evaluation's own rollout.
+        _, seen = offpolicy.evaluation_rollout(env, agent, learner, agent_hyper, key, 1, num_steps, record)
+        return {**seen, "reward": seen["reward"][:, :, 0]}
 
     lowered = jax.jit(play).lower(learner, agent_hyper, key)
     options = {} if xla_optimization_level is None else {"xla_backend_optimization_level": xla_optimization_level}

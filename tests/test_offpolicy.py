@@ -280,3 +280,29 @@ def test_the_observation_once_replay_reads_back_every_transition_of_real_envs(ta
     got = replay._read(once, task_id, slots)
     for name in example:
         np.testing.assert_array_equal(got[name], plain.data[name][task_id, slots], err_msg=name)
+
+
+def test_compact_obs_stores_bfloat16_and_the_update_gets_float32():
+    """`compact_obs`: float observations stored as bfloat16 (half the bytes), handed to the agent as float32 rounded
+    to bfloat16; the other fields and integer observations untouched."""
+    spec = EnvSpec(task_names=("a", "b"), obs_shape=(5,), obs_dtype=np.float32,
+                   action=ActionSpec(discrete=False, size=2, mask=np.ones((2, 2), bool)), episode_length=(10, 10))
+    example, compact = offpolicy.replay_example(spec), offpolicy.replay_example(spec, compact_obs=True)
+    assert compact["obs"].dtype == compact["next_obs"].dtype == jnp.bfloat16
+    assert {name: leaf.dtype for name, leaf in compact.items() if "obs" not in name} == {
+        name: leaf.dtype for name, leaf in example.items() if "obs" not in name}
+    minatar = dataclasses.replace(spec, obs_dtype=np.uint8)
+    assert offpolicy.replay_example(minatar, compact_obs=True)["obs"].dtype == jnp.uint8
+    loop = offpolicy.LoopConfig(envs_per_task=2, replay_capacity=8, batch_size=16, random_steps=0, steps_per_chunk=2)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(2, 2, 5)).astype(np.float32)
+    batch = {"obs": obs, "action": np.zeros((2, 2, 2), np.float32), "reward": np.zeros((2, 2), np.float32),
+             "next_obs": obs + 1, "terminal": np.zeros((2, 2), bool), "truncated": np.ones((2, 2), bool)}
+    state = replay.init(compact, 8, 2, loop.final_capacity)
+    state = replay.add(state, {name: jnp.asarray(value, compact[name].dtype) for name, value in batch.items()})
+    assert replay.nbytes(compact, 8, 2, 8) < 0.8 * replay.nbytes(example, 8, 2, 8)
+    sampled = offpolicy.sample_batch(state, jax.random.PRNGKey(0), loop, jnp.float32(0.9), spec.obs_dtype)
+    assert sampled["obs"].dtype == sampled["next_obs"].dtype == jnp.float32
+    rounded = np.asarray(jnp.asarray(obs, jnp.bfloat16).astype(jnp.float32))
+    for row, task in zip(np.asarray(sampled["obs"]), np.asarray(sampled["task_id"])):
+        assert any(np.array_equal(row, rounded[task, e]) for e in range(2))
