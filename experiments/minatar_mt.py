@@ -59,7 +59,11 @@ PRESETS = {
             batch_size=16384,                 # 4096 per game: 2 x 16384 / 2048 = 16 replayed per env step, the
             updates_per_step=2,               # `gpu` preset's replay ratio (512 per 32 env steps)
             n_step=3,                         # 3-step returns: Freeway learns sooner and in more seeds (cpu preset)
-            # 2^22 per game: 4 x 2^22 = 2^24 transitions, 1.4 kB each (uint8 obs and next_obs) = 23.7 GB per run.
+            # 2^22 per game: 4 x 2^22 = 2^24 transitions, 712 bytes each (the uint8 observation stored once) and
+            # the finals of 16384 episodes per game = 11.99 GB per run (23.66 GB with next_obs stored too). The
+            # finals are exact while a game's episodes in its ring average 256+ steps; Breakout's early short
+            # episodes overwrite the oldest terminal finals (`replay_lost_finals`; a terminal transition's next_obs
+            # is multiplied by 0 in the target).
             replay_capacity=2**22,
             # Freeway's episodes last 2500 steps: 2500 random iterations let every game finish an episode (a
             # defined reward scale) before the first update.
@@ -67,7 +71,7 @@ PRESETS = {
             steps_per_chunk=500 * 512,
             total_steps=20_000_000,
             eval_episodes=512),               # = envs_per_task: the evaluation reuses the traced env step
-        # A 23.7 GB replay per run: checkpoints leave it out (a resume refills it).
+        # A 12 GB replay per run: checkpoints leave it out (a resume refills it).
         run=runner.RunConfig(tasks="minatar", eval_every=5, checkpoint_every=10, save_replay=False),
         description="massively parallel: 512 envs per game, batch 16384, 2 updates per iteration, 3-step returns, "
                     "W=1024 bf16 trunk, 2^22 replay per game; for an H100-class GPU"),

@@ -80,8 +80,10 @@ PRESETS = {
             batch_size=32768,            # FastTD3's batch, task-balanced: 10922-10923 per task per update
             updates_per_step=2,          # FastTD3's `num_updates`: 2 x 32768 / 3072 = ~21 replayed per env step
             gamma=0.97,                  # FastTD3's Playground discount (BRC: 0.99)
-            # 2^23 per task (FastTD3 keeps 10240 steps per env: ~10.5M per task), 3 x 2^23 = 25.2M transitions =
-            # 15.7 GB per run of float32 humanoid transitions, so 2 seeds fit an 80 GB card beside the learner.
+            # 2^23 per task (FastTD3 keeps 10240 steps per env: ~10.5M per task), 3 x 2^23 = 25.2M transitions,
+            # each float32 observation stored once (360 bytes per transition): 9.07 GB (8.45 GiB) per run with the
+            # finals of 16384 episodes per task (15.75 GB when obs and next_obs were both stored; 5.69 GB with
+            # --loop.compact-obs true). The memory pre-flight prints the whole run's estimate at start.
             replay_capacity=2**23,
             # All envs start together and Playground humanoid episodes last exactly 1000 steps: 1000 random
             # iterations (FastTD3: 10) let every task finish an episode, so the reward scale is defined before the
@@ -92,7 +94,7 @@ PRESETS = {
             # `--run.train-minutes 20` holds the run to the 20-minute goal whatever the iteration costs.
             total_steps=25_000_000,
             eval_episodes=1024),         # = envs_per_task: FastTD3's 1024 eval envs; reuses the traced MJX step
-        # A 15.7 GB replay per run would make every checkpoint a 16 GB write: keep it out (a resume refills it).
+        # A 9.1 GB replay per run would make every checkpoint a 9 GB write: keep it out (a resume refills it).
         run=runner.RunConfig(tasks="humanoid", eval_every=10, checkpoint_every=20, save_replay=False),
         description="massively parallel: 1024 envs per task, batch 32768, 2 updates per iteration, W=1024 bf16 "
                     "critic, 2^23 replay per task (FastTD3's Playground settings with BRC's critic); for an H100-class "

@@ -272,14 +272,15 @@ def markdown(summary: dict) -> str:
                             "scored on the evaluations it has")
     if problems:
         lines += ["", "## Missing and unfinished runs", "", *problems]
-    plots = [f"[{task}](plots/{_file_name(task)}.png)" for task in tasks]
+    plots = [f"[{task}](plots/{file_name(task)}.png)" for task in tasks]
     lines += ["", "Learning curves: " + ", ".join(plots) + f", [all tasks](plots/{AGGREGATE_PLOT}.png).", ""]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------------- plots
 
-def _file_name(task: str) -> str:
+def file_name(task: str) -> str:
+    """`task` as a file name (plots, videos): anything but letters, digits and `._=+-` becomes `_`."""
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", task)
 
 
@@ -357,7 +358,7 @@ def plot_curves(sweep: Sweep, summary: dict, reps: int, seed: int) -> list[Path]
                 steps, values = _curve_matrix([[evaluations(sweep.rows.get(r["name"], []), task)] for r in runs])
                 index, point, low, high = _curve(values, "mean", reps, seed) if values.size else ([],) * 4
                 lines.append((label_of(label), steps[np.asarray(index, dtype=int)], point, low, high))
-            paths.append(_plot(sweep.dir / "plots" / f"{_file_name(task)}.png", task,
+            paths.append(_plot(sweep.dir / "plots" / f"{file_name(task)}.png", task,
                                f"eval return (mean over seeds, {pct} CI)", lines))
 
         tasks = summary["aggregate_tasks"]

@@ -37,7 +37,6 @@ import ctypes.util
 import dataclasses
 import importlib
 import os
-import re
 import sys
 import time
 import warnings
@@ -48,7 +47,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from purejaxmt import offpolicy
+from purejaxmt import ablation, offpolicy
 from purejaxmt.runner import checkpoints, saved
 
 GL_PACKAGES = ("MuJoCo could not render headless. Install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 "
@@ -291,10 +290,6 @@ def write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
 
 # ------------------------------------------------------------------------------------------------------------ the run
 
-def _file_stem(task: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=+-]", "_", task)
-
-
 def _kinds(env: Any) -> dict[str, tuple[str, Any, int]]:
     """task -> (kind, family, row in the family) for the tasks that can be drawn: "mjx" (a family with an MuJoCo
     model) or "minatar" (a MinAtar game's grid)."""
@@ -366,7 +361,7 @@ def render_run(run_dir: Path | str, *, tasks: Sequence[str] | None = None, run: 
             rate = fps or MINATAR_FPS
         episode_return = float(seen["return"][t])
         images = caption(images, task, seen["reward"][:length, t], above=kind == "minatar")
-        stem = _file_stem(task) + (f"_run-{run}" if num_runs > 1 else "")
+        stem = ablation.file_name(task) + (f"_run-{run}" if num_runs > 1 else "")
         for old in [*out_dir.glob(f"{stem}_return-*.mp4"), *out_dir.glob(f"{stem}_return-*.gif")]:
             old.unlink()
         path = out_dir / f"{stem}_return-{episode_return:.1f}.mp4"
