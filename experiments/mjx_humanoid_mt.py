@@ -83,7 +83,7 @@ PRESETS = {
             # 2^23 per task (FastTD3 keeps 10240 steps per env: ~10.5M per task), 3 x 2^23 = 25.2M transitions,
             # each float32 observation stored once (360 bytes per transition): 9.07 GB (8.45 GiB) per run with the
             # finals of 16384 episodes per task (15.75 GB when obs and next_obs were both stored; 5.69 GB with
-            # --loop.compact-obs true). The memory pre-flight prints the whole run's estimate at start.
+            # --loop.compact-obs). The memory pre-flight prints the whole run's estimate at start.
             replay_capacity=2**23,
             # All envs start together and Playground humanoid episodes last exactly 1000 steps: 1000 random
             # iterations (FastTD3: 10) let every task finish an episode, so the reward scale is defined before the

@@ -297,6 +297,6 @@ def check_memory(program: Program, num_runs: int, num_devices: int = 1, seeds: i
             raise MemoryError(
                 f"out of memory before the start: {estimate.line()}{counted}; the runs may use "
                 f"{MEMORY_FRACTION:.0%} of it. {advice}: lower --seeds, or --loop.replay-capacity (now "
-                f"{program.loop_config.replay_capacity}), or set --loop.compact-obs true (float observations as "
+                f"{program.loop_config.replay_capacity}), or set --loop.compact-obs (float observations as "
                 "bfloat16)")
     return estimate
