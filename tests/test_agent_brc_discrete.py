@@ -374,12 +374,12 @@ def test_minatar_replay_keeps_compact_observations():
     assert example["obs"].dtype == example["next_obs"].dtype == jnp.uint8
     program = offpolicy.make(brc_discrete, CONFIG, loop, env)
     state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
-    data = state.replay.data
-    assert data["obs"].dtype == data["next_obs"].dtype == jnp.uint8
+    data, finals = state.replay.data, state.replay.finals  # each observation stored once (replay.py)
+    assert data["obs"].dtype == finals.obs.dtype == finals.next_obs.dtype == jnp.uint8 and "next_obs" not in data
     chex.assert_shape(data["obs"], (2, 100, 10, 10, 4))
     assert data["action"].dtype == jnp.int32 and data["action"].shape == (2, 100)
-    stored = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(data))
-    assert program.replay_nbytes == stored + 2 * 2 * 4       # + pointer and size counters
+    stored = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state.replay))
+    assert program.replay_nbytes == stored
     np.testing.assert_array_equal(env.spec.action.mask, [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     assert program.agent.action_mask.shape == (2, 5) and program.agent.action_mask.dtype == bool
 
