@@ -183,7 +183,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     hypers = jax.tree.map(lambda *xs: jnp.stack(xs),
                           *[program.hyper if spec.hyper is None else spec.hyper for spec in all_runs])
     mine = devices.local_runs(sharding, padded)
-    memory = devices.check_memory(program, padded, len(device_list), seeds=run_config.seeds)
+    options = {"xla_backend_optimization_level": run_config.xla_optimization_level}
+    memory = devices.check_memory(program, padded, len(device_list), seeds=run_config.seeds, compiler_options=options)
 
     def saveable(state: Any) -> Any:
         return state if run_config.save_replay else state.replace(replay=None)
