@@ -74,7 +74,8 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1"
-                    for name in ("envs_per_task", "replay_capacity", "batch_size", "updates_per_step", "n_step",
+                    for name in ("envs_per_task", "replay_capacity", "replay_final_capacity", "batch_size",
+                                 "updates_per_step", "n_step",
                                  "total_steps", "steps_per_chunk", "eval_episodes")
                     if getattr(self, name) < 1]
         if self.random_steps < 0:
