@@ -71,3 +71,38 @@ def test_benchmark_smoke_writes_every_section(tmp_path):
     assert results["machine"]["backend"] and results["wall_s"] > 0
     rows = out.with_suffix(".md").read_text()
     assert "(1a) env steps/s" in rows and "(3) Brax SAC" in rows and "(4b) vmapped runs" in rows
+
+
+def test_device_check_smoke_measures_every_part(tmp_path):
+    """`benchmark.py --device-check --smoke` (the `fast` presets' agents and loops at tiny sizes on Pendulum-v1 and
+    Breakout-MinAtar, trained through the runner; a W=16 update; the normaliser) runs from the command line and writes
+    the JSON, the markdown rows with the device in every row, and the runs' directories. Nothing here is timed."""
+    out = tmp_path / "check.json"
+    cache = jax.config.jax_compilation_cache_dir or ""
+    environ = {**os.environ, "PUREJAXMT_CACHE_DIR": cache, "JAX_COMPILATION_CACHE_DIR": cache}
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--device-check", "--smoke",
+                    "--out", str(out)], check=True, timeout=600, env=environ, cwd=ROOT)
+    results = json.loads(out.read_text())
+    sections = results["sections"]
+    assert set(sections) == {"humanoid_fast", "minatar_fast", "update_peak", "normalizer"}
+    assert not [name for name, result in sections.items() if "error" in result]
+    device = results["device"]
+    assert device and all(result["device"] == device for result in sections.values())
+    for name, tasks in (("humanoid_fast", ["Pendulum-v1"]), ("minatar_fast", ["Breakout-MinAtar"])):
+        run = sections[name]
+        assert run["tasks"] == tasks and run["env_steps_per_task"] > 0 and run["env_steps_per_s_median"] > 0
+        assert run["curve"] and all(point["eval_return"][task] is not None for point in run["curve"] for task in tasks)
+        assert [point["wall_minutes"] for point in run["curve"]] == sorted(point["wall_minutes"]
+                                                                         for point in run["curve"])
+        memory = run["memory"]
+        assert memory["estimate_per_run"] == sum(memory["estimate_parts"].values()) > 0
+        assert set(memory["estimate_parts"]) >= {"replay", "learner", "update"}
+        assert memory["seeds_that_fit_estimate"] >= 1
+        assert (Path(run["run_dir"]) / "metrics.jsonl").exists()
+    assert all(row["flops"] > 0 and row["fraction_of_matmul_peak"] > 0 for row in sections["update_peak"]["rows"])
+    rows = sections["normalizer"]["rows"]
+    assert len(rows) == 6 and all(row["ms_per_update"] > 0 and row["share_of_iteration"] > 0 for row in rows)
+    text = out.with_suffix(".md").read_text()
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line
+                  and not line.startswith("| device |")]
+    assert len(table_rows) >= 2 * 1 + 1 + 6 + 2 and all(line.startswith(f"| {device} |") for line in table_rows)

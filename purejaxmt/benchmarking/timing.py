@@ -1,4 +1,5 @@
-"""Timing helpers shared by the measurement scripts (`experiments/benchmark.py`, `experiments/bench_runs.py`).
+"""Timing helpers shared by the measurement scripts (`experiments/benchmark.py`, `experiments/bench_runs.py`) and
+the benchmark's sections.
 
 Host-side and not jitted. Every timing blocks on the outputs it measures (`jax.block_until_ready`), and compiles are
 timed apart from the calls they serve (`compile_jit`), so that a table's "ms per call" never holds a compile.
@@ -120,3 +121,8 @@ def matmul_peak(dtype: str, sizes: Sequence[int], calls: int = 5) -> dict[str, A
         if rate > best["flops_per_s"]:
             best.update(flops_per_s=rate, size=n)
     return best
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number for a table, with thousands separators; `-` for None."""
+    return "-" if value is None else f"{value:,.{digits}f}"
