@@ -10,9 +10,13 @@
 
 A thin script: the plans (what each mode measures) and the command line; the sections are
 `purejaxmt.benchmarking`'s (one function per section, on the loop's own pieces). Prints the machine, backend and
-device, then a markdown table per measurement; writes every number as JSON (`--out`,
-default `runs/benchmark/<time>-<mode>.json`) and the tables as the rows of `docs/benchmarks.md` beside it (`.md`).
-The sections (issue 13; the device check's: issue 24 and `purejaxmt/benchmarking/device_check.py`):
+device, then a markdown table per measurement; writes every number as JSON (`--out`, default
+`runs/benchmark/<time>-<mode>.json`) and the tables as the rows of `docs/benchmarks.md` beside it (`.md`).
+
+`--device-check` (issue 24; `purejaxmt/benchmarking/device_check.py`) runs its own parts instead: the `fast` humanoid
+and MinAtar presets trained through the runner for a few minutes of wall clock (evaluation curves, env steps/s,
+memory per run by the runner's pre-flight estimate and by the device, the seeds that fit), the W=4096 update's share
+of a bf16 matmul peak, and the reward normaliser's cost per env step. The benchmark's sections (issue 13):
 
 1. components: MJX humanoid env steps/s for the task axis at several envs per task; one BRC update per critic width
    and batch (with its FLOPs from XLA's cost analysis and the fraction of a measured matmul peak); replay add and

@@ -9,7 +9,8 @@
 - `update_peak`: the W=4096 BRC update's share of a matmul peak measured on the same device in the compute dtype
   (bf16 on an accelerator), its FLOPs by XLA's cost analysis (`components.time_update`, as `--sections update`);
 - `normalizer`: the reward normaliser's update (`normalize.update`, its `while_loop` over ended episodes) at each
-  preset's `[T, E]`, in a `lax.scan` as the chunk runs it, when no env, 1/L of the envs or every env ends an episode.
+  preset's `[T, E]`, in a `lax.scan` as the chunk runs it, when no env, 1/L of the envs or every env ends an episode
+  (each a full one of L steps).
 
 Every table row names the device. A section that fails is recorded with its error and the others still run.
 """
@@ -131,21 +132,25 @@ def update_peak(ctx: Context, width: int, depth: int, batches: tuple[int, ...]) 
 
 def normalizer_cost(ctx: Context, shapes: list[tuple[str, int, int, int]], iterations: int) -> dict[str, Any]:
     """`normalize.update` at each `(label, T, E, L)`, `iterations` of it in one `lax.scan` (as in the chunk) over
-    precomputed rewards; episodes ended (truncated, as the time limit ends them) by none, 1/L or all of the envs."""
+    precomputed rewards, episodes ended (truncated, as the time limit ends them) by: no env; each env with probability
+    1/L per step; every env, each after a full episode of L steps (the `fast` humanoid's lockstep step: its step
+    count is set to L - 1 before each update). The state starts half-way into an episode."""
     rows = []
     for label, num_tasks, num_envs, max_length in shapes:
         for regime, probability in (("no episode ends", 0.0), ("1/L of the envs end", 1.0 / max_length),
-                                    ("every env ends", 1.0)):
+                                    ("every env ends a full episode", 1.0)):
             keys = jax.random.split(jax.random.PRNGKey(0))
             reward = jax.random.uniform(keys[0], (iterations, num_tasks, num_envs))
             ended = jax.random.uniform(keys[1], (iterations, num_tasks, num_envs)) < probability
             state = normalize.init(num_tasks, num_envs, max_length)
-            # Half-way into an episode (max_length // 2 steps taken), so that the folds run over real lengths.
             state = state.replace(step_count=jnp.full_like(state.step_count, max_length // 2))
+            full_episodes = probability == 1.0
 
-            def scan(state, reward, ended):
+            def scan(state, reward, ended, full_episodes=full_episodes, max_length=max_length):
                 def step(state, xs):
                     reward, ended = xs
+                    if full_episodes:
+                        state = state.replace(step_count=jnp.full_like(state.step_count, max_length - 1))
                     return normalize.update(state, reward, jnp.zeros_like(ended), ended, 0.99), None
 
                 return jax.lax.scan(step, state, (reward, ended))[0]
@@ -153,7 +158,7 @@ def normalizer_cost(ctx: Context, shapes: list[tuple[str, int, int, int]], itera
             compiled, compile_s = timing.compile_jit(scan, state, reward, ended, options=ctx.options)
             carry = {"state": timing.own_buffers(state)}
 
-            def call():
+            def call(compiled=compiled, reward=reward, ended=ended, carry=carry):
                 carry["state"] = compiled(carry["state"], reward, ended)
                 return carry["state"].step_count
 
