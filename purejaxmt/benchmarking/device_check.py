@@ -112,8 +112,10 @@ def preset_run(check: PresetRun, run_dir: Path) -> dict[str, Any]:
               "env_steps_per_s": row.get("env_steps_per_second"),
               "eval_return": {task: row.get(f"eval/{task}/return") for task in task_names}}
              for row in rows if any(f"eval/{task}/return" in row for task in task_names)]
-    speeds = [row["env_steps_per_second"] for row in rows if "env_steps_per_second" in row]
     loop = check.preset.loop
+    # Throughput of the chunks that learned throughout (the random phase's are faster: no updates), else of all.
+    learning = [row for row in rows if row["step"] - loop.steps_per_chunk >= loop.random_steps] or rows
+    speeds = [row["env_steps_per_second"] for row in learning if "env_steps_per_second" in row]
     return {"experiment": check.experiment, "preset": check.preset_name, "tasks": task_names,
             "minutes": check.minutes, "run_dir": str(run_dir), "wall_s_with_compile": wall_s,
             "train_wall_s": rows[-1]["wall_time"] if rows else None, "chunks": len(rows),
@@ -121,6 +123,7 @@ def preset_run(check: PresetRun, run_dir: Path) -> dict[str, Any]:
             "envs_per_task": loop.envs_per_task, "batch_size": loop.batch_size,
             "critic_width": check.preset.agent.critic_width,
             "env_steps_per_s_median": sorted(speeds)[len(speeds) // 2] if speeds else None,
+            "speed_of": "learning chunks" if learning is not rows else "all chunks (none learned throughout)",
             "curve": curve, "memory": memory}
 
 
@@ -251,8 +254,8 @@ def markdown_preset_run(result: dict[str, Any]) -> str:
              f"{result['minutes']:g} min of wall clock ({result['envs_per_task']} envs per task, batch "
              f"{result['batch_size']}, critic W={result['critic_width']}): {result['env_steps_per_task']:,} env steps "
              f"per task in {result['chunks']} chunks, median {fmt(result['env_steps_per_s_median'], 0)} env steps/s "
-             f"of all tasks; {result['wall_s_with_compile']:.0f} s with init and compiles. The evaluations (wall "
-             "clock of training and evaluations, compiles excluded):")
+             f"of all tasks over {result['speed_of']}; {result['wall_s_with_compile']:.0f} s with init and compiles. "
+             "The evaluations (wall clock of training and evaluations, compiles excluded):")
     return title + "\n\n" + timing.table(
         ["device", "wall min", "env steps per task", "env steps/s", *[f"eval return {task}" for task in tasks]],
         [[result["device"], fmt(point["wall_minutes"], 2), f"{point['step']:,}", fmt(point["env_steps_per_s"], 0),
