@@ -156,14 +156,15 @@ def device_check_plan(smoke: bool) -> device_check.DeviceCheck:
             update_width=4096, update_depth=2, update_batches=(1024, 32768), normalizer_iterations=100)
     loop = dict(envs_per_task=2, updates_per_step=1, replay_capacity=256, random_steps=20, steps_per_chunk=20,
                 total_steps=120, eval_episodes=2)
-    humanoid = {"agent": dict(critic_width=16, critic_depth=1, actor_width=16),
-                "loop": dict(loop, batch_size=8), "run": dict(tasks="Pendulum-v1", xla_optimization_level=1)}
+    # float32 matmuls and XLA level 0 on the CPU: the compiles are most of the smoke check's time.
+    humanoid = {"agent": dict(critic_width=16, critic_depth=1, actor_width=16, compute_dtype="float32"),
+                "loop": dict(loop, batch_size=8), "run": dict(tasks="Pendulum-v1", xla_optimization_level=0)}
     minatar = {"agent": dict(critic_width=16, critic_depth=1, embed_dim=8, conv_channels=(4,), conv_kernel_sizes=(3,),
-                             conv_strides=(1,), num_bins=11, epsilon_decay_steps=100),
+                             conv_strides=(1,), num_bins=11, epsilon_decay_steps=100, compute_dtype="float32"),
                "loop": dict(loop, batch_size=8), "run": dict(tasks="Breakout-MinAtar", episode_length=40,
-                                                              xla_optimization_level=1)}
+                                                              xla_optimization_level=0)}
     return device_check.DeviceCheck(
-        name="device-check-smoke", plan=SMOKE,
+        name="device-check-smoke", plan=dataclasses.replace(SMOKE, xla_optimization_level=0),
         humanoid=_preset_run("mjx_humanoid_mt", minutes=0.5, eval_every=2, tiny=humanoid),
         minatar=_preset_run("minatar_mt", minutes=0.5, eval_every=2, tiny=minatar),
         update_width=16, update_depth=1, update_batches=(8,), normalizer_iterations=10)

@@ -137,32 +137,32 @@ def normalizer_cost(ctx: Context, shapes: list[tuple[str, int, int, int]], itera
     """`normalize.update` at each `(label, T, E, L)`, `iterations` of it in one `lax.scan` (as in the chunk) over
     precomputed rewards, episodes ended (truncated, as the time limit ends them) by: no env; each env with probability
     1/L per step; every env, each after a full episode of L steps (the `fast` humanoid's lockstep step: its step
-    count is set to L - 1 before each update). The state starts half-way into an episode."""
+    count is set to L - 1 before each update; a `where` on a flag, so one compile serves the three). The state starts
+    half-way into an episode."""
     rows = []
     for label, num_tasks, num_envs, max_length in shapes:
+        def scan(state, reward, ended, full_episodes, max_length=max_length):
+            def step(state, xs):
+                reward, ended = xs
+                state = state.replace(step_count=jnp.where(full_episodes, max_length - 1, state.step_count))
+                return normalize.update(state, reward, jnp.zeros_like(ended), ended, 0.99), None
+
+            return jax.lax.scan(step, state, (reward, ended))[0]
+
+        keys = jax.random.split(jax.random.PRNGKey(0))
+        reward = jax.random.uniform(keys[0], (iterations, num_tasks, num_envs))
+        state = normalize.init(num_tasks, num_envs, max_length)
+        state = state.replace(step_count=jnp.full_like(state.step_count, max_length // 2))
+        compiled, compile_s = timing.compile_jit(scan, state, reward, jnp.zeros(reward.shape, bool),
+                                                 jnp.zeros((), bool), options=ctx.options)
         for regime, probability in (("no episode ends", 0.0), ("1/L of the envs end", 1.0 / max_length),
                                     ("every env ends a full episode", 1.0)):
-            keys = jax.random.split(jax.random.PRNGKey(0))
-            reward = jax.random.uniform(keys[0], (iterations, num_tasks, num_envs))
             ended = jax.random.uniform(keys[1], (iterations, num_tasks, num_envs)) < probability
-            state = normalize.init(num_tasks, num_envs, max_length)
-            state = state.replace(step_count=jnp.full_like(state.step_count, max_length // 2))
-            full_episodes = probability == 1.0
-
-            def scan(state, reward, ended, full_episodes=full_episodes, max_length=max_length):
-                def step(state, xs):
-                    reward, ended = xs
-                    if full_episodes:
-                        state = state.replace(step_count=jnp.full_like(state.step_count, max_length - 1))
-                    return normalize.update(state, reward, jnp.zeros_like(ended), ended, 0.99), None
-
-                return jax.lax.scan(step, state, (reward, ended))[0]
-
-            compiled, compile_s = timing.compile_jit(scan, state, reward, ended, options=ctx.options)
+            full_episodes = jnp.asarray(probability == 1.0)
             carry = {"state": timing.own_buffers(state)}
 
-            def call(compiled=compiled, reward=reward, ended=ended, carry=carry):
-                carry["state"] = compiled(carry["state"], reward, ended)
+            def call(compiled=compiled, reward=reward, ended=ended, full_episodes=full_episodes, carry=carry):
+                carry["state"] = compiled(carry["state"], reward, ended, full_episodes)
                 return carry["state"].step_count
 
             seconds = timing.mean_seconds(call, ctx.plan.repeats, warmup=1) / iterations
