@@ -190,15 +190,15 @@ def run(check: DeviceCheck, chosen: set[str] | None = None, compute_dtype: str |
     ctx = Context(check.plan, compute_dtype)
     machine, started = sections.header(check.name, check.plan.xla_optimization_level, level_for_all, ctx.dtype)
     device = f"{machine['device_kind']} ({machine['backend']})"
+    timings: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     measures = {
         "humanoid_fast": lambda: preset_run(check.humanoid, out_dir / "humanoid_fast"),
         "minatar_fast": lambda: preset_run(check.minatar, out_dir / "minatar_fast"),
         "update_peak": lambda: update_peak(ctx, check.update_width, check.update_depth, check.update_batches),
-        "normalizer": lambda: normalizer_cost(ctx, [normalizer_shape(check.humanoid), normalizer_shape(check.minatar)],
-                                              check.normalizer_iterations),
+        "normalizer": lambda: _share_of_iteration(results, normalizer_cost(
+            ctx, [normalizer_shape(check.humanoid), normalizer_shape(check.minatar)], check.normalizer_iterations)),
     }
-    timings: dict[str, Any] = {}
-    results: dict[str, Any] = {}
     for name in SECTIONS:
         if name not in chosen:
             continue
@@ -211,21 +211,21 @@ def run(check: DeviceCheck, chosen: set[str] | None = None, compute_dtype: str |
                 return {"device": device, "error": f"{type(error).__name__}: {error}"}
 
         results[name] = sections.timed(name, timings, measure, MARKDOWN[name])
-    _share_of_iteration(results)
     print("\n" + markdown_memory(results), flush=True)
     return {**sections.record(command, check.name, machine, ctx, level_for_all, started, timings),
             "device": device, "check_settings": _settings(check), "sections": results}
 
 
-def _share_of_iteration(results: dict[str, Any]) -> None:
-    """Each normaliser row's time as a share of its preset run's median training iteration (`[T, E]` env steps and
-    the updates), where both were measured."""
+def _share_of_iteration(results: dict[str, Any], normalizer: dict[str, Any]) -> dict[str, Any]:
+    """`normalizer` with each row's time as a share of its preset run's median training iteration (`[T, E]` env
+    steps and the updates) in `results`, where both were measured."""
     speeds = {f"{r['experiment']} {r['preset']}": r.get("env_steps_per_s_median")
               for r in results.values() if "experiment" in r}
-    for row in results.get("normalizer", {}).get("rows", []):
+    for row in normalizer["rows"]:
         speed = speeds.get(row["preset"])
         row["share_of_iteration"] = (row["ms_per_update"] / 1e3 * speed / (row["num_tasks"] * row["envs_per_task"])
                                      if speed else None)
+    return normalizer
 
 
 def _settings(check: DeviceCheck) -> dict[str, Any]:
