@@ -216,10 +216,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
 
     start_chunk, wall_offset = 0, 0.0
     if resume is not None:
-        last = checkpointer.latest_chunk()
-        if last is None:
-            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-        restored = checkpointer.restore(last, saveable(state))
+        # Verified against its digests; a damaged newest checkpoint is reported and the one before it used.
+        last, restored = checkpointer.restore_latest_intact(saveable(state), say)
         state = restored if run_config.save_replay else restored.replace(replay=state.replay)
         start_chunk, wall_offset = last, rundir.truncate_metrics(log_path, last)
         say(f"[purejaxmt] resumed from chunk {last} ({last * steps_per_chunk} env steps per task)")
