@@ -19,9 +19,11 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +177,43 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+_NOISY_LOGGERS = ("absl", "asyncio")
+
+
+def _is_disk_full_noise(text: str) -> bool:
+    return "No space left on device" in text or "os_error_code='28'" in text or "Event loop is closed" in text
+
+
+class _DiskFullRecords(logging.Filter):
+    """Drops the log records of a disk-full write (each of orbax's writer threads logs its traceback through absl's
+    logger, asyncio logs their tasks' exceptions): `Checkpointer.save` says it in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_disk_full_noise(record.getMessage() + (str(record.exc_info[1]) if record.exc_info else ""))
+
+
+def _quiet_disk_full_noise() -> Callable[[], None]:
+    """Silences the noise of a failing save until the returned function is called: the log records above, and the
+    "Event loop is closed" errors that tensorstore's callbacks raise into orbax's loops once the first failure has
+    closed them (they reach `sys.unraisablehook`, one traceback each). Anything else passes through."""
+    quiet, previous_hook = _DiskFullRecords(), sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_disk_full_noise(str(unraisable.exc_value)):
+            previous_hook(unraisable)
+
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
+    sys.unraisablehook = hook
+
+    def restore() -> None:
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
+        sys.unraisablehook = previous_hook
+
+    return restore
+
+
 def checkpoint_bytes(state: Any) -> int:
     """The bytes one checkpoint of `state` (all processes, global shapes) holds, before compression."""
     return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for _, leaf in leaf_paths(to_saveable(state)))
@@ -228,6 +267,7 @@ class Checkpointer:
     def save(self, chunk: int, state: Any) -> None:
         """Saves `state` as step `chunk`, then its digests. Raises `CheckpointWriteError` when the disk is full."""
         tree = to_saveable(state)
+        unquiet = _quiet_disk_full_noise()
         try:
             self._manager.save(chunk, args=ocp.args.StandardSave(tree))
             step_dir = self.directory / str(chunk)
@@ -238,19 +278,27 @@ class Checkpointer:
             os.replace(temporary, digest_file(step_dir))  # atomic: a digest file is whole or absent
         except Exception as error:
             if not is_disk_full(error):
+                unquiet()
                 raise
+            # Left quiet: orbax's other writer threads, and asyncio when it collects their tasks, report the same
+            # failure later, and this process is about to exit with the one line below.
             self._remove_partial(chunk)
             previous = [step for step in self._manager.all_steps() if step != chunk]
             kept = (f"the previous checkpoint (chunk {max(previous)}) is intact: `--resume {self.run_dir}` continues "
                     "from it once there is space" if previous else "no earlier checkpoint exists")
             raise CheckpointWriteError(
                 f"[purejaxmt] disk full: could not write the checkpoint of chunk {chunk} to {self.directory}: it "
-                f"needs about {checkpoint_bytes(state):,} bytes, {shutil.disk_usage(self.directory).free:,} bytes "
-                f"are free; {kept}") from None
+                f"needs about {checkpoint_bytes(state):,} bytes (uncompressed), "
+                f"{shutil.disk_usage(self.directory).free:,} bytes are free; {kept}") from None
+        unquiet()
 
     def _remove_partial(self, chunk: int) -> None:
         """Deletes what a failed save of `chunk` left: orbax's temporary directory (a partial step never becomes a
         step: orbax renames it only when complete), or a committed step whose digests could not be written."""
+        try:  # let orbax's writer threads finish failing before their directory goes
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - the same disk-full failure, already being reported
+            pass
         if jax.process_index() != 0:
             return
         for path in self.directory.glob(f"{chunk}.orbax-checkpoint-tmp*"):
