@@ -85,11 +85,13 @@ def report(chunk: int, healthy: np.ndarray, flags: dict[str, np.ndarray], rows: 
             diverged_at[index] = chunk
             bad = [name for name, finite in flags.items() if not finite[index]]
             losses = [name for name in bad if not name.startswith(LEARNER_FLAG)]
-            leaves = [name for name in bad if name.startswith(LEARNER_FLAG)]
+            # Parameters first: an optimiser moment is NaN because the gradient that fed it was.
+            leaves = sorted((name for name in bad if name.startswith(LEARNER_FLAG)), key=lambda n: "opt_state" in n)
             what = ", ".join(losses + ([f"{len(leaves)} learner leaves (first: {leaves[0]})"] if leaves else []))
             who = ", ".join(f"{key}={value}" for key, value in row.items() if key in ("seed", "run", "setting"))
+            kept = f"chunk {chunk - 1}" if chunk > 1 else "its initial one"
             lines.append(f"[purejaxmt] DIVERGED in chunk {chunk}: run {who}: non-finite {what or 'values'}; its "
-                         f"checkpoints keep its last finite learner (chunk {chunk - 1}); the other runs go on")
+                         f"checkpoints keep its last finite learner ({kept}); the other runs go on")
         row["diverged"] = True
         row["diverged_chunk"] = diverged_at[index]
     return lines
