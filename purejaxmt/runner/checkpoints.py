@@ -324,6 +324,7 @@ class Checkpointer:
         else:
             saved = json.loads(path.read_text())
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_saveable(template))
+            unquiet = _quiet_disk_full_noise()  # a failed read leaves the same closed-loop callbacks behind
             try:
                 tree = self._manager.restore(chunk, args=ocp.args.StandardRestore(abstract))
             except Exception as error:  # a truncated or garbled file: tensorstore cannot decode it
@@ -335,6 +336,8 @@ class Checkpointer:
                 else:
                     more = f" (and {len(bad) - 1} more leaves)" if len(bad) > 1 else ""
                     problem = f"leaf {bad[0]} does not match its digest{more}"
+            finally:
+                unquiet()
         if not _all_processes_ok(problem is None):
             return problem or "another process found its shards damaged", None
         return None, state
