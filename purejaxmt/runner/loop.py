@@ -272,7 +272,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                                        jax.tree.map(lambda x: x[logged], evaluation))
             for line in health.report(chunk, devices.local_values(watch.healthy, mine)[logged],
                                       devices.local_values(watch.flags, mine[logged]), rows, diverged_at):
-                print(line, file=sys.stderr, flush=True)
+                bar.write(line, file=sys.stderr)  # on a line of its own, not inside the progress bar's
             for row in rows:
                 row["env_steps_per_second"] = round(steps_per_chunk_all / chunk_seconds, 1)
                 log.write(json.dumps(row) + "\n")
