@@ -237,3 +237,19 @@ def test_provenance_outside_a_checkout_says_so(tmp_path):
     older = json.loads(json.dumps(now))
     older["packages"]["mujoco"] = "1.0"
     assert f"mujoco 1.0 -> {now['packages']['mujoco']}" in provenance.resume_warning({"provenance": older}, now)
+
+
+def test_the_after_run_reader_checks_the_learner_against_the_digests(whole, tmp_path):
+    from purejaxmt.runner import saved
+
+    learner = saved.load(whole).learner(1)  # intact: the digests of the whole arrays match the saved ones
+    assert np.all(np.isfinite(jax.tree.leaves(learner)[0]))
+    copy = shutil.copytree(whole, tmp_path / "copy")
+    digest_path = copy / "checkpoints" / "3" / "digests.process-0.json"
+    record = json.loads(digest_path.read_text())
+    name = "learner/critic_params/params/members/Dense_0/kernel"
+    crc, *rest = record["leaves"][name].split()
+    record["leaves"][name] = " ".join([f"{int(crc, 16) ^ 1:08x}", *rest])  # as if one bit of the data had flipped
+    digest_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"checkpoints/3 is damaged: leaf {name} does not match its digest"):
+        saved.load(copy).learner(0)
