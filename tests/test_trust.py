@@ -253,3 +253,15 @@ def test_the_after_run_reader_checks_the_learner_against_the_digests(whole, tmp_
     digest_path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=f"checkpoints/3 is damaged: leaf {name} does not match its digest"):
         saved.load(copy).learner(0)
+
+
+def test_a_checkpoint_of_another_process_count_is_restored_unverified_and_said(whole, env, tmp_path):
+    copy = shutil.copytree(whole, tmp_path / "copy")
+    step = copy / "checkpoints" / "3"
+    shutil.copy(step / "digests.process-0.json", step / "digests.process-1.json")  # as a 2-process job writes
+    program = offpolicy.make(brc, AGENT, LOOP, env)
+    template = devices.init_states(program, runner.seed_keys(RUN))
+    said = []
+    state = checkpoints.Checkpointer(copy).restore(3, template, said.append)
+    assert len(said) == 1 and "written by 2 processes and is read by 1" in said[0] and "unverified" in said[0]
+    assert int(state.iteration) * LOOP.envs_per_task == LOOP.total_steps
