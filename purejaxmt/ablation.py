@@ -117,12 +117,20 @@ def evaluations(rows: list[dict], task: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in points], dtype=np.float64), np.array([p[1] for p in points], dtype=np.float64)
 
 
+def diverged_chunk(rows: list[dict]) -> int | None:
+    """The chunk a run diverged in (its rows carry `diverged`, `runner/health.py`), or None."""
+    return next((row.get("diverged_chunk") for row in rows if row.get("diverged")), None)
+
+
 def final_scores(sweep: Sweep, last_k: int) -> np.ndarray:
-    """`[runs, tasks]` (sweep.json's run order): the mean of each run's last `last_k` evaluations; NaN if none."""
+    """`[runs, tasks]` (sweep.json's run order): the mean of each run's last `last_k` evaluations; NaN if none, and
+    for a run that diverged (a diverged run is a result, reported as such, not a score)."""
     if last_k < 1:
         raise ValueError(f"last_k must be at least 1, got {last_k}")
     scores = np.full((len(sweep.runs), len(sweep.tasks)), np.nan)
     for i, run in enumerate(sweep.runs):
+        if diverged_chunk(sweep.rows.get(run["name"], [])) is not None:
+            continue
         for j, task in enumerate(sweep.tasks):
             _, returns = evaluations(sweep.rows.get(run["name"], []), task)
             if len(returns):
@@ -176,7 +184,10 @@ def summarise(sweep: Sweep, last_k: int, pairs: list[tuple[str, str]], reps: int
                  for j, task in enumerate(sweep.tasks)}
         aggregate = _estimate(_complete(normalised[mine]), reps, seed) if aggregate_tasks else None
         evaluated_runs = int(np.any(np.isfinite(finals[mine]), axis=1).sum())
+        diverged = sum(diverged_chunk(sweep.rows.get(run["name"], [])) is not None
+                       for run, own in zip(sweep.runs, mine) if own)
         settings.append({"label": label, "baseline": label == sweep.labels[0], "runs": int(mine.sum()),
+                         "diverged_runs": diverged,
                          "runs_with_evaluations": evaluated_runs, "tasks": cells, "aggregate": aggregate})
 
     improvements = []
@@ -195,7 +206,8 @@ def summarise(sweep: Sweep, last_k: int, pairs: list[tuple[str, str]], reps: int
                      "last_chunk": last_chunk.get(run["name"]), "last_step": rows[-1].get("step") if rows else None,
                      "evaluations": {task: len(evaluations(rows, task)[1]) for task in sweep.tasks},
                      "final": {task: (None if math.isnan(v) else float(v)) for task, v in zip(sweep.tasks, finals[i])},
-                     "unfinished": bool(rows) and last_chunk[run["name"]] < longest})
+                     "unfinished": bool(rows) and last_chunk[run["name"]] < longest,
+                     "diverged_chunk": diverged_chunk(rows)})
 
     return {"sweep_dir": str(sweep.dir), "experiment": sweep.spec.get("experiment"),
             "agent_module": sweep.spec.get("agent_module"), "preset": sweep.spec.get("preset"),
@@ -244,6 +256,8 @@ def markdown(summary: dict) -> str:
         label = _escape(setting["label"]) + (" (baseline)" if setting["baseline"] else "")
         cells = [_cell(setting["tasks"][task], setting["runs"]) for task in tasks]
         cells.append(_cell(setting["aggregate"], setting["runs"], number=lambda value: f"{value:.2f}"))
+        if setting.get("diverged_runs"):  # a setting some of whose runs diverged has no score to show
+            cells = [f"diverged ({setting['diverged_runs']}/{setting['runs']} runs)"] * len(cells)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {setting['runs_with_evaluations']}/{setting['runs']} |")
 
     lines += ["", "## Probability of improvement", ""]
@@ -267,11 +281,13 @@ def markdown(summary: dict) -> str:
         without = [task for task in tasks if run["evaluations"][task] == 0]
         if without:
             problems.append(f"- `{run['name']}`: no evaluations of {', '.join(without)} (missing there)")
-        if run["unfinished"]:
+        if run.get("diverged_chunk") is not None:
+            problems.append(f"- `{run['name']}`: diverged in chunk {run['diverged_chunk']} (not scored)")
+        elif run["unfinished"]:
             problems.append(f"- `{run['name']}`: unfinished (last chunk {run['last_chunk']}, step {run['last_step']}); "
                             "scored on the evaluations it has")
     if problems:
-        lines += ["", "## Missing and unfinished runs", "", *problems]
+        lines += ["", "## Missing, unfinished and diverged runs", "", *problems]
     plots = [f"[{task}](plots/{file_name(task)}.png)" for task in tasks]
     lines += ["", "Learning curves: " + ", ".join(plots) + f", [all tasks](plots/{AGGREGATE_PLOT}.png).", ""]
     return "\n".join(lines)

@@ -145,6 +145,24 @@ def test_missing_and_unfinished_runs_are_reported(tmp_path):
     assert (sweep_dir / "plots" / f"{ablation.AGGREGATE_PLOT}.png").stat().st_size > 0
 
 
+def test_a_diverged_setting_is_reported_as_diverged_not_as_a_number(tmp_path):
+    rows_of = {f"{label}/seed-{seed}": _rows(label, seed) for label in (BASELINE, BETTER) for seed in SEEDS}
+    for seed in SEEDS:  # every run of BETTER diverges in chunk 3, as runner/health.py marks its rows
+        for row in rows_of[f"{BETTER}/seed-{seed}"][2:]:
+            row.update({"diverged": True, "diverged_chunk": 3, "critic_loss": None})
+    rows_of[f"{BASELINE}/seed-0"][3].update({"diverged": True, "diverged_chunk": 4})  # one seed of the baseline
+    markdown = ablation.report(write_sweep(tmp_path / "sweep", rows_of), reps=REPS).read_text()
+    better, baseline = _table_row(markdown, BETTER), _table_row(markdown, BASELINE)
+    assert better[1:-1] == ["diverged (3/3 runs)"] * 3, better
+    assert baseline[1:-1] == ["diverged (1/3 runs)"] * 3, baseline
+    assert f"`{BETTER}/seed-1`: diverged in chunk 3 (not scored)" in markdown
+    summary = json.loads((tmp_path / "sweep" / "ablation.json").read_text())
+    assert [s["diverged_runs"] for s in summary["settings"]] == [1, 3]
+    # The runs that went on are scored without the diverged ones: the baseline's seeds 1 and 2 (110 + 10, 110 + 20).
+    assert summary["settings"][0]["tasks"]["cartpole-swingup"]["point"] == pytest.approx(115.0)
+    assert summary["runs"][3]["final"]["cartpole-swingup"] is None and summary["runs"][3]["diverged_chunk"] == 3
+
+
 def test_single_setting_without_evaluations(tmp_path):
     rows_of = {f"{BASELINE}/seed-{seed}": _rows(BASELINE, seed, evaluate=False) for seed in SEEDS}
     sweep_dir = write_sweep(tmp_path / "sweep", rows_of)

@@ -238,6 +238,7 @@ def test_single_task_baselines_resume_and_summary(tmp_path, capsys):
     root = runner.main("test", brc, presets, argv=argv)
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary) == {"Pendulum-v1", "MountainCarContinuous-v0"}
+    assert json.loads((root / "config.json").read_text())["provenance"]["packages"]["jax"] == jax.__version__
     assert all(entry["step"] == 40 and entry["seeds"] == 1 for entry in summary.values())
     task_config = json.loads((root / "Pendulum-v1" / "config.json").read_text())
     assert task_config["loop"]["batch_size"] == LOOP.batch_size // 2 and task_config["run"]["tasks"] == "Pendulum-v1"

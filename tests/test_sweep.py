@@ -79,6 +79,7 @@ def test_sweep_equals_its_single_runs(unsharded, tmp_path):
     index = json.loads((unsharded / "sweep.json").read_text())
     assert [p["dir"] for p in index["programs"]] == ["program-0"], "learning rates are data: one program"
     assert len(index["runs"]) == 4 and {r["seed"] for r in index["runs"]} == {0, 1}
+    assert index["provenance"]["packages"]["jax"] == jax.__version__  # what produced the study
     rows = by_run(unsharded / "program-0")
     assert len(rows) == 4 * LOOP.num_chunks
     for entry in index["runs"]:

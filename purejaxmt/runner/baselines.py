@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from purejaxmt import envs, plotting
-from purejaxmt.runner import loop, rundir
+from purejaxmt.runner import loop, provenance, rundir
 
 
 def single_task_baselines(experiment: str, agent_module: ModuleType, command: Any) -> Path:
@@ -33,7 +33,8 @@ def single_task_baselines(experiment: str, agent_module: ModuleType, command: An
     single_experiment = f"{experiment}_single_task"
     root = Path(command.resume or command.run_dir or rundir.new_run_dir(single_experiment))
     record = {**rundir.config_record(single_experiment, agent_module, command.agent, loop_config, command.run,
-                                     command.preset), "single_task_baselines": tasks}
+                                     command.preset), "single_task_baselines": tasks,
+              provenance.KEY: provenance.record()}
     if command.resume is not None:
         saved = rundir.load_saved_config(root)
         if "single_task_baselines" not in saved:

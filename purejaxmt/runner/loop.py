@@ -27,7 +27,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from purejaxmt import envs, offpolicy, plotting
-from purejaxmt.runner import checkpoints, devices, loggers, rundir
+from purejaxmt.runner import checkpoints, devices, health, loggers, provenance, rundir
 from purejaxmt.runner.config import RunConfig
 
 ProgressFn = Callable[[int, list[dict]], Any]
@@ -159,10 +159,13 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     """
     record = rundir.config_record(experiment, agent_module, agent_config, loop_config, run_config, preset)
     record.update(json.loads(json.dumps(record_extra or {})))
+    record[provenance.KEY] = provenance.record()  # versions, commit, devices: what produced the result
     loggers.check_installed(run_config.logger)  # before anything is written
     if resume is not None:
         run_dir = Path(resume)
         rundir.check_resumable(run_dir, record)
+        if (changed := provenance.resume_warning(rundir.load_saved_config(run_dir), record[provenance.KEY])):
+            say(changed)
     else:
         run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(experiment, runs_root)
         rundir.check_new(run_dir)
@@ -213,14 +216,14 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     # Process 0 only: the TensorBoard/W&B mirror of its metrics rows (a resume appends to it).
     logger = loggers.make_logger(run_config.logger, run_dir, record) if jax.process_index() == 0 else None
     checkpointer = checkpoints.Checkpointer(run_dir)
+    if (short_of_space := checkpointer.disk_warning(saveable(state))):
+        say(short_of_space)
     log_path = rundir.metrics_file(run_dir, jax.process_index())
 
     start_chunk, wall_offset = 0, 0.0
     if resume is not None:
-        last = checkpointer.latest_chunk()
-        if last is None:
-            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
-        restored = checkpointer.restore(last, saveable(state))
+        # Verified against its digests; a damaged newest checkpoint is reported and the one before it used.
+        last, restored = checkpointer.restore_latest_intact(saveable(state), say)
         state = restored if run_config.save_replay else restored.replace(replay=state.replay)
         start_chunk, wall_offset = last, rundir.truncate_metrics(log_path, last)
         say(f"[purejaxmt] resumed from chunk {last} ({last * steps_per_chunk} env steps per task)")
@@ -238,6 +241,11 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
 
     logged = mine < num_runs
     labels = [{"seed": all_runs[i].seed, **all_runs[i].labels} for i in mine[logged]]
+    # Divergence (runner/health.py); on a resume the runs that had diverged stay diverged.
+    diverged_at = health.diverged_before(rundir.read_all_metrics(run_dir), labels) if resume is not None else {}
+    healthy_local = np.ones(len(mine), bool)
+    healthy_local[np.flatnonzero(logged)[list(diverged_at)]] = False
+    watch = health.DivergenceWatch(state, healthy_local, sharding, padded)
     steps_per_chunk_all = steps_per_chunk * len(task_names) * num_runs
     bar = tqdm.tqdm(total=num_chunks * steps_per_chunk, initial=start_chunk * steps_per_chunk, unit="step",
                     unit_scale=True, desc="env steps per task", dynamic_ncols=True,
@@ -249,6 +257,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             with jax.transfer_guard("disallow"):
                 state, metrics = train_chunk(state)
             jax.block_until_ready(metrics)
+            watch.after_chunk(state, metrics)
             chunk += 1
             chunk_seconds = time.perf_counter() - chunk_start
             # Every process decides alike (the evaluation below is one collective program).
@@ -262,6 +271,9 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
             rows = rundir.metrics_rows(jax.tree.map(lambda x: x[logged], local_metrics), task_names,
                                        labels, chunk, wall_offset + time.perf_counter() - loop_start,
                                        jax.tree.map(lambda x: x[logged], evaluation))
+            for line in health.report(chunk, devices.local_values(watch.healthy, mine)[logged],
+                                      devices.local_values(watch.flags, mine[logged]), rows, diverged_at):
+                bar.write(line, file=sys.stderr)  # on a line of its own, not inside the progress bar's
             for row in rows:
                 row["env_steps_per_second"] = round(steps_per_chunk_all / chunk_seconds, 1)
                 log.write(json.dumps(row) + "\n")
@@ -278,7 +290,8 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                 stop.requested = True
             stop.requested = _any_process(stop.requested)
             if chunk % run_config.checkpoint_every == 0 or chunk == num_chunks or stop.requested:
-                checkpointer.save(chunk, saveable(state))
+                # A diverged run's learner is saved as its last finite one; CheckpointWriteError on a full disk.
+                checkpointer.save(chunk, saveable(watch.saveable(state)))
     bar.close()
     checkpointer.close()
     if logger is not None:
@@ -289,6 +302,9 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         from purejaxmt import render  # only when asked: MuJoCo's renderer, imageio
 
         render.after_run(run_dir, env)  # videos/<task>_return-<R>.mp4 of run 0; a failure is reported, not raised
+    if diverged_at:
+        print(f"[purejaxmt] {len(diverged_at)} run(s) diverged (the DIVERGED lines above; their rows carry "
+              "diverged: true)", file=sys.stderr, flush=True)
     if chunk < num_chunks:
         say(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
     else:

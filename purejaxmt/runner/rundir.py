@@ -58,9 +58,10 @@ NOT_THE_RUN = ("logger", "video", "train_minutes")
 
 
 def check_resumable(run_dir: Path, record: dict) -> None:
-    """Raises unless `run_dir` was started with the same config (all but the preset's name and `NOT_THE_RUN`)."""
+    """Raises unless `run_dir` was started with the same config (all but the preset's name, `NOT_THE_RUN` and the
+    provenance: other versions are a warning, `provenance.resume_warning`)."""
     saved = load_saved_config(run_dir)
-    keys = [key for key in record if key != "preset"]
+    keys = [key for key in record if key not in ("preset", "provenance")]
 
     def comparable(entry: dict, key: str) -> object:
         value = entry.get(key)

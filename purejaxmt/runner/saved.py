@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,8 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from purejaxmt.offpolicy import LoopConfig
-from purejaxmt.runner import rundir
+from purejaxmt.runner import checkpoints, rundir
 from purejaxmt.runner.config import RunConfig
+from purejaxmt.treepaths import leaf_paths
 
 
 def _build(cls: type, values: dict, what: str, run_dir: Path) -> Any:
@@ -82,7 +84,9 @@ class SavedRun:
                 item=abstract, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(), abstract),
                 partial_restore=True))
             manager.close()
-            cached = (chunk, jax.tree.map(np.asarray, restored["learner"]))
+            learners = jax.tree.map(np.asarray, restored["learner"])
+            _verify(self.run_dir / "checkpoints" / str(chunk), learners)
+            cached = (chunk, learners)
             _LEARNERS[self.run_dir.resolve()] = cached
         return cached[1]
 
@@ -92,6 +96,22 @@ class SavedRun:
         if not 0 <= run < _num_runs(learners):
             raise ValueError(f"{self.run_dir} holds {_num_runs(learners)} run(s); run {run} does not exist")
         return jax.tree.map(lambda x: x[run], learners)
+
+
+def _verify(step_dir: Path, learners: dict) -> None:
+    """Checks the learner read back against the checkpoint's digests. A checkpoint written by one process has one
+    digest file, whose digest of a leaf is the CRC-32 of the whole array (its shards along the runs axis, in order):
+    checked here. One written by several processes has a digest per process of its own shards, which only a resume
+    on the same processes can check: read unverified, as before digests."""
+    files = sorted(step_dir.glob("digests.process-*.json"))
+    if len(files) != 1:
+        return
+    saved = json.loads(files[0].read_text())["leaves"]
+    for path, leaf in leaf_paths(learners):
+        name = "learner/" + "/".join(path)
+        if name in saved and saved[name].split()[0] != checkpoints.leaf_digest(leaf):
+            raise ValueError(f"checkpoint {step_dir} is damaged: leaf {name} does not match its digest; resuming "
+                             "the run falls back to the newest intact checkpoint")
 
 
 def _num_runs(learners: dict) -> int:

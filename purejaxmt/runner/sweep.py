@@ -30,7 +30,7 @@ from typing import Any
 import jax
 
 from purejaxmt import envs, offpolicy
-from purejaxmt.runner import devices, loop, rundir
+from purejaxmt.runner import devices, loop, provenance, rundir
 
 SECTIONS = ("agent", "loop")
 
@@ -225,7 +225,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
              "fields": sorted({field for point in points for field in point.values}),
              "tasks": list(envs.resolve(run_config.tasks)), "seeds": seeds,
              "settings": [{"label": point.label, "values": point.values} for point in points],
-             "programs": [], "runs": []}
+             "programs": [], "runs": [], "provenance": provenance.record()}
     for plan in plans:
         names = [run_name(point.label, seed) for point in plan.settings for seed in seeds]
         index["programs"].append({"dir": plan.name, "shape_values": plan.shape_values, "runs": names})
