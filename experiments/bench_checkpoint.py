@@ -62,12 +62,16 @@ def random_checkpoint(script: str, preset: str) -> dict:
     return jax.tree.unflatten(treedef, [fill(i, leaf) for i, leaf in enumerate(leaves)])
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--script", default="mjx_humanoid_mt")
+    parser.add_argument("--script", default="mjx_humanoid_mt", choices=["mjx_humanoid_mt", "minatar_mt"])
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--dir", default=None, help="where the checkpoint is written (a temporary directory in it)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     for name, speed in hash_throughputs().items():
         print(f"{name}: {speed:.2f} GB/s on one core")
     tree = random_checkpoint(args.script, args.preset)

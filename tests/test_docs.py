@@ -30,6 +30,8 @@ import test_transfer
 import tyro
 
 from purejaxmt import envs, runner
+from purejaxmt.benchmarking import context as benchmarking_context
+from purejaxmt.benchmarking import device_check
 from purejaxmt.runner import rundir, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,8 +215,9 @@ def test_documented_command_parses(where, argv, tmp_path_factory):
                 f"{where}: preset {parsed.preset!r} of {script} is not among its presets traced by the tests "
                 f"(traced: {sorted(traced)}; tests/test_docs.py `_traced_own_presets` says where they are traced)")
         if parsed is not None and script == "benchmark":
-            known = {"components", *module.SECTIONS}
-            assert set(parsed.sections) <= known, f"{where}: unknown sections {set(parsed.sections) - known}"
+            known = ({*device_check.SECTIONS} if parsed.device_check
+                     else {"components", *benchmarking_context.SECTIONS})
+            assert set(parsed.sections or ()) <= known, f"{where}: unknown sections {set(parsed.sections) - known}"
         return
     if hasattr(module, "make_parser"):  # its own argparse CLI: bench_projection
         _parse(where, argv[0], args, lambda a: module.make_parser().parse_args(a))
