@@ -223,7 +223,8 @@ estimate leaves out (the env step's and the evaluation's working sets, metrics, 
 class MemoryEstimate:
     """Bytes per run, by part, and what the runs of one device need against what it has."""
 
-    parts: dict[str, int]  # replay, learner (parameters, targets, optimiser states), env_state, other, update
+    parts: dict[str, int]  # replay, learner (parameters, targets, optimiser states), env_state, other,
+    # last_finite_learner (the divergence watch's copy), update
     runs_per_device: int
     available: int
 
@@ -259,7 +260,8 @@ def state_bytes(program: Program) -> dict[str, int]:
     """One run's state by part, traced (`jax.eval_shape` of `init`): nothing compiled or allocated."""
     state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
     parts = {name: _nbytes(getattr(state, name)) for name in ("replay", "learner", "env_state")}
-    return {**parts, "other": _nbytes(state) - sum(parts.values())}
+    # The divergence watch (`runner.health`) keeps each run's last finite learner on the device beside its state.
+    return {**parts, "other": _nbytes(state) - sum(parts.values()), "last_finite_learner": parts["learner"]}
 
 
 def update_bytes(program: Program, compiler_options: dict | None = None) -> int:
