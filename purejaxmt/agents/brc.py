@@ -86,12 +86,13 @@ class Config:
 
     new_task_rows: tuple[int, ...] = ()
     """Transfer (`purejaxmt.transfer`): the task-embedding rows of the tasks a loaded agent has not been trained on.
-    Only with rows named here does `freeze_trained` act (and cost anything)."""
+    Only with rows named here does `freeze_trained` act (and cost anything). Their AdamW steps take Adam's bias
+    correction at their own step count (the run's `num_updates + 1`), not the source's (`Agent._new_rows_update`)."""
     freeze_trained: bool = False
     """Transfer's `embedding` mode (data, so the three transfer modes share one program): only the `new_task_rows`
     of the embedding table (online and target) and their optimiser moments learn; critic and actor trunks, the
     other rows, the temperature and their optimiser states keep their loaded values (the critic optimiser's step
-    count advances: the new rows' Adam reads it)."""
+    count advances, as in `all` mode)."""
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1"
@@ -165,9 +166,12 @@ class Learner:
     obs_count: jax.Array                 # [] float32, how many
 
 
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax's AdamW defaults, named: `_new_rows_update` repeats AdamW
+
+
 def _adamw(hyper: Hyper) -> optax.GradientTransformation:
     # Built from data on every call: optax takes traced step sizes, and the optimiser state does not depend on them.
-    return optax.adamw(hyper.learning_rate, weight_decay=hyper.weight_decay)
+    return optax.adamw(hyper.learning_rate, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=hyper.weight_decay)
 
 
 def _temperature_adam(hyper: Hyper) -> optax.GradientTransformation:
@@ -381,6 +385,9 @@ class Agent:
         (_, critic_info), critic_grads = jax.value_and_grad(self.critic_loss, has_aux=True)(
             learner.critic_params, learner, batch, reward_scale, critic_key)
         critic_updates, critic_opt_state = adamw.update(critic_grads, learner.critic_opt_state, learner.critic_params)
+        if self.new_task_rows is not None:
+            critic_updates = self._new_rows_update(critic_updates, critic_opt_state, learner.critic_params, hyper,
+                                                   num_updates)
         critic_params = optax.apply_updates(learner.critic_params, critic_updates)
         # Polyak target update.
         critic_target_params = optax.incremental_update(critic_params, learner.critic_target_params, hyper.tau)
@@ -407,6 +414,25 @@ class Agent:
         if self.new_task_rows is not None:
             new_learner = self.freeze(learner_before, new_learner, hyper.freeze_trained > 0)
         return new_learner, {**critic_info, **actor_info, "temperature": jnp.exp(new_learner.log_temperature)}
+
+    def _new_rows_update(self, updates: Params, opt_state: optax.OptState, params: Params, hyper: Hyper,
+                         num_updates: jax.Array) -> Params:
+        """Transfer: the AdamW update of the new tasks' embedding rows with Adam's bias correction at THEIR step
+        count, `num_updates + 1` (a transfer run counts its updates from 0), not the critic optimiser's count, which
+        carries on from the source run. Their moments start at zero (`transfer.grow`), so with the source's count
+        (bias correction ~1) their first steps would be up to ~6.6x the learning rate; with their own they are
+        AdamW's from a fresh start. Other rows and leaves keep `updates`."""
+        adam_state = opt_state[0]  # optax.adamw = chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)
+        step = (num_updates + 1).astype(jnp.float32)
+
+        def leaf(path: tuple, update: jax.Array, mu: jax.Array, nu: jax.Array, param: jax.Array) -> jax.Array:
+            if "task_embedding" not in path_names(path):
+                return update
+            adam = (mu / (1.0 - ADAM_B1**step)) / (jnp.sqrt(nu / (1.0 - ADAM_B2**step)) + ADAM_EPS)
+            own = -hyper.learning_rate * (adam + hyper.weight_decay * param)
+            return jnp.where(self.new_task_rows[:, None], own, update)
+
+        return jax.tree_util.tree_map_with_path(leaf, updates, adam_state.mu, adam_state.nu, params)
 
     def freeze(self, before: Learner, after: Learner, frozen: jax.Array) -> Learner:
         """Transfer's `embedding` mode when `frozen`: `after` with everything but the new tasks' embedding rows (and
