@@ -234,9 +234,3 @@ def return_range(state: NormalizerState) -> jax.Array:
     chex.assert_rank(state.max_return, 1)
     return jnp.where(state.has_return, jnp.maximum(state.max_return, jnp.abs(state.min_return)), 0.0)
 
-
-def normalize_reward(reward: jax.Array, scale: jax.Array) -> jax.Array:
-    """`reward [T, ...] * scale [T]`, the scale broadcast over the trailing axes."""
-    chex.assert_rank(scale, 1)
-    chex.assert_axis_dimension(reward, 0, scale.shape[0])
-    return reward * scale.reshape(scale.shape + (1,) * (reward.ndim - 1))

@@ -337,18 +337,6 @@ def test_a_zero_return_range_without_correction_has_scale_zero():
     np.testing.assert_allclose(normalize.scale(state, V_MAX, 2.0), [V_MAX / 2.0], rtol=1e-5)
 
 
-def test_normalize_reward_broadcasts_the_task_scale():
-    rng = np.random.default_rng(5)
-    scale = jnp.asarray(rng.uniform(0.1, 3.0, size=3), jnp.float32)
-    for shape in [(3,), (3, 4), (3, 4, 2)]:
-        reward = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        out = normalize.normalize_reward(reward, scale)
-        assert out.shape == shape and out.dtype == jnp.float32
-        np.testing.assert_allclose(out, np.asarray(reward) * np.asarray(scale).reshape((3,) + (1,) * (len(shape) - 1)))
-    with pytest.raises(AssertionError):
-        normalize.normalize_reward(jnp.ones((2, 4)), scale)
-
-
 def test_state_shapes_and_dtypes_and_bad_inputs():
     state = normalize.init(3, 4, 10)
     assert state.history.shape == (3, 4, 11) and state.history.dtype == jnp.float32
