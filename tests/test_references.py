@@ -184,6 +184,11 @@ def test_continuous_critic_loss_matches_the_reference(continuous):
         np.testing.assert_allclose(float(got), expected, rtol=RTOL, atol=ATOL)
         reward = np.asarray(batch["reward"], np.float64) * REWARD_SCALE[np.asarray(batch["task_id"])]
         np.testing.assert_allclose(float(info["normalized_reward"]), reward.mean(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(float(info["critic_loss"]), expected, rtol=RTOL, atol=ATOL)
+        outputs = np.asarray(agent.critic.apply(learner.critic_params, batch["obs"], batch["action"],
+                                                batch["task_id"]), np.float64)
+        q_mean = reference_q(critic_loss, outputs, support_of(outputs.shape[-1], 10.0)).mean()
+        np.testing.assert_allclose(float(info["q_mean"]), q_mean, rtol=RTOL, atol=ATOL)
 
 
 def test_continuous_critic_targets_depend_on_each_ingredient(continuous):
@@ -377,7 +382,7 @@ def discrete():
     return agent, hyper, learner, batch
 
 
-def reference_discrete_loss(agent, learner, batch, reward_scale, params=None):
+def reference_discrete_loss(agent, learner, batch, reward_scale, params=None, metrics=None):
     params = learner.params if params is None else params
     task_id = np.asarray(batch["task_id"])
     online_next = np.asarray(agent.network.apply(params, batch["next_obs"], batch["task_id"]), np.float64)
@@ -392,14 +397,20 @@ def reference_discrete_loss(agent, learner, batch, reward_scale, params=None):
     mask = np.asarray(batch["discount"], np.float64) * (1.0 - np.asarray(batch["terminal"], np.float64))
     target = c51_projection(reward[:, None] + mask[:, None] * support[None], next_probs, 10.0)
     taken = log_softmax(logits)[np.arange(len(task_id)), np.asarray(batch["action"])]
+    if metrics is not None:  # the Q of the taken actions, and of the target distributions
+        metrics["q_mean"] = (np.exp(taken) * support).sum(-1).mean()
+        metrics["target_q_mean"] = (target * support).sum(-1).mean()
     return -(target * taken).sum(-1).mean()
 
 
 def test_discrete_critic_loss_matches_the_reference(discrete):
     agent, hyper, learner, batch = discrete
     got, info = jax.jit(agent.critic_loss)(learner.params, learner, batch, jnp.asarray(REWARD_SCALE))
-    np.testing.assert_allclose(float(got), reference_discrete_loss(agent, learner, batch, REWARD_SCALE),
-                               rtol=RTOL, atol=ATOL)
+    metrics = {}
+    np.testing.assert_allclose(float(got), reference_discrete_loss(agent, learner, batch, REWARD_SCALE,
+                                                                   metrics=metrics), rtol=RTOL, atol=ATOL)
+    for name, value in metrics.items():
+        np.testing.assert_allclose(float(info[name]), value, rtol=RTOL, atol=ATOL, err_msg=name)
     reward = np.asarray(batch["reward"], np.float64) * REWARD_SCALE[np.asarray(batch["task_id"])]
     np.testing.assert_allclose(float(info["normalized_reward"]), reward.mean(), rtol=RTOL, atol=ATOL)
     # The update reports the same loss before its step.
