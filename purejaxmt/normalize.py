@@ -38,10 +38,14 @@ episode as it goes. An episode longer than L steps (impossible for a `TaskEnv`, 
 so nothing is written out of range and no other env is touched; its returns-to-go are those of its first L rewards
 (bootstrapped, if truncated, with the mean of those L), the later rewards are lost.
 
-A task with no finished episode yet has no return range (`return_range` 0): its rewards stay raw (scale 1.0). The
-authors' code divides by an infinite denominator there (rewards 0); raw rewards keep any pre-normalisation targets
-meaningful, and a `TaskEnv` task finishes an episode within its first `episode_length` steps anyway. A task whose
-denominator is not positive (every return-to-go 0, no correction) also keeps 1.0 rather than an infinite scale.
+A task with no finished episode yet has no return range (`return_range` 0) and reward scale 0: its rewards enter
+the targets as 0 until its first episode ends. This is the authors' rule: `RewardNormalizer.normalize` divides by
+`max(max_v, |min_v|)` with the running extremes still at -inf/+inf, an infinite denominator, so every reward is 0.
+It matters: updates start after `random_steps`, and in several presets (MinAtar Freeway, the transfer `cpu` runs) no
+episode of some task has ended by then. Raw rewards there would be on another scale than every later target (a
+Freeway reward of 1 is 10x what the normalised support expects). A task whose denominator is not positive (every
+return-to-go so far exactly 0 and no correction, where the authors divide by 0) has scale 0 too: no range, no reward
+signal; its finished episodes had no reward anyway.
 """
 
 from __future__ import annotations
@@ -207,11 +211,12 @@ def _returns_to_go(rows: jax.Array, gamma: jax.Array) -> jax.Array:
 def scale(
     state: NormalizerState, v_max: float | jax.Array, entropy_correction: float | jax.Array
 ) -> jax.Array:
-    """Per-task reward scale `[T]`: `v_max / (G_i + entropy_correction)` where task i has a finished episode, else 1.0.
+    """Per-task reward scale `[T]`: `v_max / (G_i + entropy_correction)` where task i has a finished episode, else 0
+    (the authors' rule: their denominator is infinite until then).
 
     `entropy_correction` is a scalar or `[T]` (BRC: `alpha * |H| / (1 - gamma)`). A task whose denominator is not
-    positive (every return-to-go so far exactly 0 and no correction) also keeps 1.0 rather than an infinite
-    scale: like a task with no episode yet, it has no return range to normalise by.
+    positive (every return-to-go so far exactly 0 and no correction) also gets 0 rather than an infinite scale:
+    like a task with no episode yet, it has no return range to normalise by.
     """
     entropy_correction = jnp.asarray(entropy_correction, jnp.float32)
     chex.assert_rank(entropy_correction, {0, 1})
@@ -220,7 +225,7 @@ def scale(
     denominator = return_range(state) + entropy_correction  # [T]
     defined = state.has_return & (denominator > 0)
     safe_denominator = jnp.where(defined, denominator, 1.0)
-    return jnp.where(defined, jnp.asarray(v_max, jnp.float32) / safe_denominator, jnp.float32(1.0))
+    return jnp.where(defined, jnp.asarray(v_max, jnp.float32) / safe_denominator, jnp.float32(0.0))
 
 
 def return_range(state: NormalizerState) -> jax.Array:
@@ -229,9 +234,3 @@ def return_range(state: NormalizerState) -> jax.Array:
     chex.assert_rank(state.max_return, 1)
     return jnp.where(state.has_return, jnp.maximum(state.max_return, jnp.abs(state.min_return)), 0.0)
 
-
-def normalize_reward(reward: jax.Array, scale: jax.Array) -> jax.Array:
-    """`reward [T, ...] * scale [T]`, the scale broadcast over the trailing axes."""
-    chex.assert_rank(scale, 1)
-    chex.assert_axis_dimension(reward, 0, scale.shape[0])
-    return reward * scale.reshape(scale.shape + (1,) * (reward.ndim - 1))

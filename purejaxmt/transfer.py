@@ -11,7 +11,9 @@ task-embedding table grows by one row per new task; everything else is the sourc
 `grow` builds the starting learner: the rows of known tasks and every other parameter and optimiser state restored
 unchanged; a new task's row (online and target critic) is the mean of the trained rows after their unit-norm
 normalisation (what the critic reads), renormalised, i.e. the direction the trained tasks share; its optimiser
-moments start at zero. Replay, reward normaliser and envs start fresh (they are not part of the learner).
+moments start at zero (and the update gives the new rows Adam's bias correction at their own step count, not the
+source's: `brc_extras.new_rows_update`). Replay, reward normaliser and envs start fresh (they are not part of the
+learner).
 
 The three modes of `experiments/transfer.py`, runs of one vmapped program (they differ only in data):
 - `embedding`: the source learner, `freeze_trained`: only the new rows learn (BRC: "learning only a new task

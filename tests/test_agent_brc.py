@@ -72,6 +72,18 @@ def test_critic_loss_decreases_on_a_fixed_batch(batch):
     assert after < 0.8 * before, (before, after)
 
 
+def test_the_reward_scale_reaches_the_target_per_task(batch):
+    """`REWARD_SCALE` scales each task's rewards by its own entry: the update's mean normalised reward is the mean of
+    `reward * scale[task]`, and the loss differs from the unit scale's. (tests/test_references.py checks the whole
+    target against a float64 reference.)"""
+    learner, key = make_learner(), jax.random.PRNGKey(7)
+    loss, info = jax.jit(AGENT.critic_loss)(learner.critic_params, learner, batch, REWARD_SCALE, key)
+    expected = np.mean(np.asarray(batch["reward"]) * np.asarray(REWARD_SCALE)[np.asarray(batch["task_id"])])
+    np.testing.assert_allclose(float(info["normalized_reward"]), expected, rtol=1e-6)
+    unit_loss, _ = jax.jit(AGENT.critic_loss)(learner.critic_params, learner, batch, jnp.ones(NUM_TASKS), key)
+    assert abs(float(loss) - float(unit_loss)) > 1e-4
+
+
 def test_target_params_move_by_exactly_tau(batch):
     learner = make_learner()
     new_learner, info = step(learner, batch, jax.random.PRNGKey(1))

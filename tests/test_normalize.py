@@ -301,10 +301,10 @@ def test_scripted_tasks_scale_by_their_own_range_and_an_unfinished_task_stays_ra
     scales = np.asarray(normalize.scale(state, V_MAX, correction))
     assert scales.dtype == np.float32
     np.testing.assert_allclose(scales[:2], V_MAX / (g[:2] + correction[:2]), rtol=1e-5)
-    assert scales[2] == 1.0  # never finished: rewards stay raw
+    assert scales[2] == 0.0  # never finished: the authors' infinite denominator, rewards 0
     scalar = np.asarray(normalize.scale(state, V_MAX, 0.5))
     np.testing.assert_allclose(scalar[:2], V_MAX / (g[:2] + 0.5), rtol=1e-5)
-    assert scalar[2] == 1.0
+    assert scalar[2] == 0.0
 
 
 def test_the_range_is_a_running_max_and_min():
@@ -321,32 +321,20 @@ def test_the_range_is_a_running_max_and_min():
     _assert_matches_reference(state, rewards, terminal, np.zeros_like(terminal))
 
 
-def test_before_any_episode_the_scale_is_one():
+def test_before_any_episode_the_scale_is_zero():
     state = normalize.init(2, 3, 10)
-    np.testing.assert_array_equal(normalize.scale(state, V_MAX, 0.5), [1.0, 1.0])
+    np.testing.assert_array_equal(normalize.scale(state, V_MAX, 0.5), [0.0, 0.0])
     np.testing.assert_array_equal(normalize.return_range(state), [0.0, 0.0])
     unfinished = _run(*_one_episode(np.ones(4), terminal=False, truncated=False), max_length=16)
     assert not bool(unfinished.has_return[0])
-    np.testing.assert_array_equal(normalize.scale(unfinished, V_MAX, np.float32([0.5])), [1.0])
+    np.testing.assert_array_equal(normalize.scale(unfinished, V_MAX, np.float32([0.5])), [0.0])
 
 
-def test_a_zero_return_range_keeps_the_raw_scale():
+def test_a_zero_return_range_without_correction_has_scale_zero():
     state = _run(*_one_episode(np.zeros(3), terminal=True, truncated=False), max_length=16)
     assert bool(state.has_return[0]) and float(normalize.return_range(state)[0]) == 0.0
-    assert float(normalize.scale(state, V_MAX, 0.0)[0]) == 1.0  # not inf
+    assert float(normalize.scale(state, V_MAX, 0.0)[0]) == 0.0  # not inf
     np.testing.assert_allclose(normalize.scale(state, V_MAX, 2.0), [V_MAX / 2.0], rtol=1e-5)
-
-
-def test_normalize_reward_broadcasts_the_task_scale():
-    rng = np.random.default_rng(5)
-    scale = jnp.asarray(rng.uniform(0.1, 3.0, size=3), jnp.float32)
-    for shape in [(3,), (3, 4), (3, 4, 2)]:
-        reward = jnp.asarray(rng.normal(size=shape), jnp.float32)
-        out = normalize.normalize_reward(reward, scale)
-        assert out.shape == shape and out.dtype == jnp.float32
-        np.testing.assert_allclose(out, np.asarray(reward) * np.asarray(scale).reshape((3,) + (1,) * (len(shape) - 1)))
-    with pytest.raises(AssertionError):
-        normalize.normalize_reward(jnp.ones((2, 4)), scale)
 
 
 def test_state_shapes_and_dtypes_and_bad_inputs():

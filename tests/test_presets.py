@@ -5,12 +5,14 @@ start (a batch the task set cannot split, a config error, a shape mismatch) fail
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from purejaxmt import offpolicy, runner
@@ -103,3 +105,60 @@ def test_every_program_of_a_sweep_preset_traces(script, preset):
                                           jnp.ones(spec.num_tasks), key, jnp.zeros((), jnp.int32))
         assert jax.tree.structure(updated) == jax.tree.structure(learner), plan.name
         assert metrics["critic_loss"].shape == (), plan.name
+
+
+# ---------------------------------------------------------------------------------------------- the reward scale
+def _reward_scale_cases():
+    """(name, agent module, agent config, loop config, run config) of every run a preset starts: the runner's
+    presets, and both runs of each transfer preset (the source, and the transfer on the grown task set)."""
+    from purejaxmt import envs, transfer
+
+    cases = [(f"{script}-{preset}", SCRIPTS[script].AGENT, SCRIPTS[script].PRESETS[preset].agent,
+              SCRIPTS[script].PRESETS[preset].loop, SCRIPTS[script].PRESETS[preset].run) for script, preset in CASES]
+    for name, chosen in SCRIPTS["transfer"].PRESETS.items():
+        source = chosen.source
+        cases.append((f"transfer-{name}-source", SCRIPTS["transfer"].AGENT, source.agent, source.loop, source.run))
+        source_tasks = envs.resolve(source.run.tasks)
+        tasks = transfer.task_set(source_tasks, envs.resolve(chosen.targets))
+        cases.append((f"transfer-{name}", SCRIPTS["transfer"].AGENT,
+                      transfer.agent_config(source.agent, source_tasks, tasks, "embedding"), chosen.loop,
+                      dataclasses.replace(source.run, tasks=",".join(tasks))))
+    return cases
+
+
+REWARD_SCALE_CASES = _reward_scale_cases()
+
+
+@pytest.mark.parametrize("name, agent_module, agent_config, loop_config, run_config", REWARD_SCALE_CASES,
+                         ids=[case[0] for case in REWARD_SCALE_CASES])
+def test_no_update_uses_an_undefined_reward_scale(name, agent_module, agent_config, loop_config, run_config):
+    """Updates start after `random_steps`, and in several presets some task has not finished an episode by then
+    (MinAtar's game-overs, Freeway's 2500-step episodes, the transfer `cpu` runs' 1000-step cartpoles after 500
+    random steps per env). The reward scale the loop hands such an update is the authors' 0, for every task that has
+    not finished an episode, and `V_max / (G_i + correction_i)`, finite and positive, for one that has: never the raw
+    rewards, inf or NaN. Computed as `offpolicy`'s `reward_scale` computes it (`normalize.scale` with the agent's
+    `reward_correction`), from the preset's normaliser shape and the agent's initial learner (a narrow copy of the
+    preset's agent: the correction does not depend on the widths)."""
+    from purejaxmt import normalize
+
+    env = _env(run_config)
+    num_tasks, envs_per_task = len(env.task_names), loop_config.envs_per_task
+    narrow = dataclasses.replace(agent_config, critic_width=8, **(
+        {"actor_width": 8} if hasattr(agent_config, "actor_width") else {"vector_encoder_width": 8}))
+    hyper = offpolicy.hyper_of(agent_module, narrow, loop_config)
+    agent = agent_module.Agent(narrow, env.spec)
+    learner = agent.init(jax.random.PRNGKey(0), hyper.agent)
+    correction = agent.reward_correction(learner, hyper.agent, hyper.gamma)
+    assert bool(hyper.normalize_rewards), name  # the presets normalise (off, the scale is 1 by definition)
+
+    state = normalize.init(num_tasks, envs_per_task, max(env.spec.episode_length))
+    before = np.asarray(normalize.scale(state, agent_config.v_max, correction))
+    np.testing.assert_array_equal(before, np.zeros(num_tasks, np.float32), err_msg=name)
+
+    # Task 0 has finished an episode whose returns-to-go span [0.5, 1]: its scale is defined, the others' stay 0.
+    state = state.replace(max_return=state.max_return.at[0].set(1.0), min_return=state.min_return.at[0].set(0.5),
+                          has_return=state.has_return.at[0].set(True))
+    after = np.asarray(normalize.scale(state, agent_config.v_max, correction))
+    expected = agent_config.v_max / (1.0 + np.broadcast_to(np.asarray(correction), (num_tasks,))[0])
+    np.testing.assert_allclose(after[0], expected, rtol=1e-6, err_msg=name)
+    assert np.isfinite(after).all() and after[0] > 0 and (after[1:] == 0).all(), (name, after)

@@ -260,3 +260,37 @@ def test_transfer_presets_trace(name):
     shapes = loop.abstract_run(brc, config, preset.loop, run_config)
     table = shapes["state"].learner.critic_params["params"]["task_embedding"]["table"]["embedding"]
     assert table.shape == (len(transfer.MODES), len(tasks), config.embed_dim)
+
+
+def test_new_rows_take_adams_bias_correction_at_their_own_step_count(grown):
+    """The source's critic optimiser has counted 1000 steps; the new rows' moments are fresh. One update of the
+    transfer run (num_updates 0) moves the new rows by AdamW's first step from a fresh state, `-lr (g / (|g| + eps)
+    + wd p)`, not by the ~3x larger step the source's count would give; the trained rows (all mode) take the ordinary
+    AdamW update of the loaded state."""
+    def with_count(opt_state, count):  # (and non-negative moments: `perturbed` made some second moments negative)
+        return jax.tree.map(lambda x: jnp.full_like(x, count) if x.ndim == 0 and jnp.issubdtype(x.dtype, jnp.integer)
+                            else jnp.abs(x), opt_state)
+
+    learner = grown.replace(critic_opt_state=with_count(grown.critic_opt_state, 1000))
+    key, batch = jax.random.PRNGKey(3), random_batch(len(TASKS))
+    for mode in ("embedding", "all"):
+        agent, config = target(mode)
+        hyper = brc.Hyper.from_config(config)
+        new, _ = jax.jit(agent.update)(learner, hyper, batch, jnp.ones(len(TASKS)), key, jnp.int32(0))
+        critic_key, _ = jax.random.split(key)
+        grads = jax.grad(lambda p, agent=agent: agent.critic_loss(p, learner, batch, jnp.ones(len(TASKS)),
+                                                                  critic_key)[0])(learner.critic_params)
+        ordinary, _ = brc._adamw(hyper).update(grads, learner.critic_opt_state, learner.critic_params)
+        table = [name for name in paths(grads) if "task_embedding" in name]
+        assert len(table) == 1, table
+        g, p = paths(grads)[table[0]], paths(learner.critic_params)[table[0]]
+        moved = paths(new.critic_params)[table[0]] - p
+        fresh = -CONFIG.learning_rate * (g / (np.abs(g) + 1e-8) + CONFIG.weight_decay * p)
+        assert np.abs(g[3:]).min() > 1e-6  # the premise: every new-row entry has a gradient
+        np.testing.assert_allclose(moved[3:], fresh[3:], rtol=1e-3, atol=1e-9, err_msg=mode)
+        stale = paths(ordinary)[table[0]]  # what the source's count would have done to the new rows
+        assert np.abs(stale[3:]).mean() > 2 * np.abs(fresh[3:]).mean()
+        if mode == "all":
+            np.testing.assert_allclose(moved[:3], paths(ordinary)[table[0]][:3], rtol=1e-3, atol=1e-9)
+        else:
+            np.testing.assert_array_equal(moved[:3], 0.0)

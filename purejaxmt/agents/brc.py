@@ -11,7 +11,8 @@ Reads as the method section of Nauman et al. (2025), "Bigger, Regularized, Categ
 Two of the paper's ablations are `Config` switches (they change parameter shapes, so they are not `Hyper` data):
 `critic_loss="mse"` (scalar Q heads, squared soft-TD error) and `task_conditioning="one_hot" | "none"`.
 
-The loop that acts, stores, samples and evaluates is `purejaxmt.offpolicy`, shared with every agent.
+The loop that acts, stores, samples and evaluates is `purejaxmt.offpolicy`, shared with every agent. What is not the
+method (observation statistics, transfer's new task rows) is `purejaxmt.agents.brc_extras`.
 Shapes: `T` tasks, `E` envs per task, `B` transitions in a batch, `M` critics, `K` atoms, `A` padded action size.
 """
 
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import optax
 
 from purejaxmt import categorical, nets
-from purejaxmt.treepaths import path_names
+from purejaxmt.agents import brc_extras
+from purejaxmt.agents.brc_extras import normalized_observations, observation_statistics
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -86,12 +88,14 @@ class Config:
 
     new_task_rows: tuple[int, ...] = ()
     """Transfer (`purejaxmt.transfer`): the task-embedding rows of the tasks a loaded agent has not been trained on.
-    Only with rows named here does `freeze_trained` act (and cost anything)."""
+    Only with rows named here does `freeze_trained` act (and cost anything). Their AdamW steps take Adam's bias
+    correction at their own step count (the run's `num_updates + 1`), not the source's
+    (`brc_extras.new_rows_update`)."""
     freeze_trained: bool = False
     """Transfer's `embedding` mode (data, so the three transfer modes share one program): only the `new_task_rows`
     of the embedding table (online and target) and their optimiser moments learn; critic and actor trunks, the
     other rows, the temperature and their optimiser states keep their loaded values (the critic optimiser's step
-    count advances: the new rows' Adam reads it)."""
+    count advances, as in `all` mode)."""
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)} must be >= 1"
@@ -165,40 +169,16 @@ class Learner:
     obs_count: jax.Array                 # [] float32, how many
 
 
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # optax's AdamW defaults, named: brc_extras.new_rows_update repeats it
+
+
 def _adamw(hyper: Hyper) -> optax.GradientTransformation:
     # Built from data on every call: optax takes traced step sizes, and the optimiser state does not depend on them.
-    return optax.adamw(hyper.learning_rate, weight_decay=hyper.weight_decay)
+    return optax.adamw(hyper.learning_rate, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=hyper.weight_decay)
 
 
 def _temperature_adam(hyper: Hyper) -> optax.GradientTransformation:
     return optax.adam(hyper.temperature_lr, b1=hyper.temperature_b1)
-
-
-OBS_CLIP = 10.0
-
-
-def observation_statistics(mean: jax.Array, var: jax.Array, count: jax.Array, obs: jax.Array
-                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The running `(mean, var, count)` of observations with a batch `obs [B, O]` merged in (Chan et al.'s parallel
-    update: exact for any batch sizes, no sum of squares that loses precision)."""
-    chex.assert_rank(obs, 2)
-    obs = obs.astype(jnp.float32)
-    batch_count = jnp.asarray(obs.shape[0], jnp.float32)
-    batch_mean, batch_var = obs.mean(axis=0), obs.var(axis=0)
-    total = count + batch_count
-    delta = batch_mean - mean
-    new_mean = mean + delta * (batch_count / total)
-    squares = var * count + batch_var * batch_count + jnp.square(delta) * (count * batch_count / total)
-    return new_mean, squares / total, total
-
-
-def normalized_observations(learner: Learner, hyper: Hyper, obs: jax.Array) -> jax.Array:
-    """`obs [..., O]` as the networks read it: standardised by the learner's running statistics (clipped to
-    +-`OBS_CLIP`) when `hyper.normalize_observations`, else as float32. Before any update the statistics are
-    mean 0, variance 1: the identity."""
-    obs = obs.astype(jnp.float32)
-    standardised = jnp.clip((obs - learner.obs_mean) * jax.lax.rsqrt(learner.obs_var + 1e-8), -OBS_CLIP, OBS_CLIP)
-    return jnp.where(hyper.normalize_observations > 0, standardised, obs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -381,6 +361,10 @@ class Agent:
         (_, critic_info), critic_grads = jax.value_and_grad(self.critic_loss, has_aux=True)(
             learner.critic_params, learner, batch, reward_scale, critic_key)
         critic_updates, critic_opt_state = adamw.update(critic_grads, learner.critic_opt_state, learner.critic_params)
+        if self.new_task_rows is not None:  # transfer: the new task rows' own Adam bias correction (brc_extras)
+            critic_updates = brc_extras.new_rows_update(
+                self.new_task_rows, critic_updates, critic_opt_state, learner.critic_params, hyper.learning_rate,
+                hyper.weight_decay, num_updates, ADAM_B1, ADAM_B2, ADAM_EPS)
         critic_params = optax.apply_updates(learner.critic_params, critic_updates)
         # Polyak target update.
         critic_target_params = optax.incremental_update(critic_params, learner.critic_target_params, hyper.tau)
@@ -405,29 +389,5 @@ class Agent:
                                       log_temperature=log_temperature, temperature_opt_state=temperature_opt_state,
                                       policy_entropy=actor_info["entropy"])
         if self.new_task_rows is not None:
-            new_learner = self.freeze(learner_before, new_learner, hyper.freeze_trained > 0)
+            new_learner = brc_extras.freeze(self.new_task_rows, learner_before, new_learner, hyper.freeze_trained > 0)
         return new_learner, {**critic_info, **actor_info, "temperature": jnp.exp(new_learner.log_temperature)}
-
-    def freeze(self, before: Learner, after: Learner, frozen: jax.Array) -> Learner:
-        """Transfer's `embedding` mode when `frozen`: `after` with everything but the new tasks' embedding rows (and
-        their optimiser moments, and the critic optimiser's step count) put back to `before`."""
-        def critic_leaf(path: tuple, old: jax.Array, new: jax.Array) -> jax.Array:
-            if "task_embedding" in path_names(path):       # [T, D]: the new rows learn
-                learns = self.new_task_rows[:, None]
-            elif old.ndim == 0 and jnp.issubdtype(old.dtype, jnp.integer):
-                learns = jnp.ones((), bool)     # Adam's step count
-            else:
-                learns = jnp.zeros((), bool)
-            return jnp.where(frozen & ~learns, old, new)
-
-        def critic_tree(name: str) -> Any:
-            return jax.tree_util.tree_map_with_path(critic_leaf, getattr(before, name), getattr(after, name))
-
-        def kept(name: str) -> Any:
-            return jax.tree.map(lambda old, new: jnp.where(frozen, old, new), getattr(before, name),
-                                getattr(after, name))
-
-        return after.replace(
-            **{name: critic_tree(name) for name in ("critic_params", "critic_target_params", "critic_opt_state")},
-            **{name: kept(name) for name in ("actor_params", "actor_opt_state", "log_temperature",
-                                             "temperature_opt_state", "obs_mean", "obs_var", "obs_count")})
