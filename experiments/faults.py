@@ -61,8 +61,8 @@ class Traced:
         for line in self.process.stdout:
             self.log.write(line)
             self.output.append(line)
-            if line.startswith(TRACE):
-                event = line[len(TRACE):].strip()
+            if TRACE in line:  # anywhere in the line: a progress bar's unfinished line may precede it
+                event = line[line.index(TRACE) + len(TRACE):].strip()
                 for name in ("uninterrupted ", "interrupted "):  # a single run's directory is the run: one name
                     event = "run " + event[len(name):] if event.startswith(name) else event
                 with self.changed:
@@ -90,13 +90,13 @@ class Traced:
 
 def choose_kills(timeline: list[tuple[float, str]], kills: int) -> list[tuple[str, float]]:
     """N (event, delay) pairs in timeline order, shared out over the kinds of moment (compile, chunk, checkpoint) and
-    spread evenly within each: compiles and chunks are hit halfway through (half the time to the next event of the
-    uninterrupted run), checkpoints as they start writing."""
+    spread evenly within each, each hit halfway through (half the time to the next event of the uninterrupted run:
+    the next event after a checkpoint starts is the next chunk, so that is half its write)."""
     moments: dict[str, list[tuple[str, float]]] = {"compile": [], "chunk": [], "checkpoint": []}
     for i, (at, event) in enumerate(timeline):
         kind = event.split()[-2] if event.split()[-1].isdigit() else event.split()[-1]
         gap = (timeline[i + 1][0] - at) if i + 1 < len(timeline) else 0.0
-        moments.setdefault(kind, []).append((event, 0.0 if kind == "checkpoint" else gap / 2))
+        moments.setdefault(kind, []).append((event, gap / 2))
     counts = dict.fromkeys(moments, 0)
     for _ in range(min(kills, len(timeline))):  # round-robin over the kinds that have moments left
         kind = min((k for k in moments if counts[k] < len(moments[k])), key=lambda k: counts[k])
@@ -113,10 +113,16 @@ def partial_checkpoints(directory: Path) -> set[Path]:
 
 
 def landed(last_event: str | None, cut: set[Path], directory: Path) -> str:
-    """Where a kill landed: the last traced moment, and whether it cut a checkpoint write (a partial step left)."""
-    where = f"after '{last_event}' began" if last_event else "before the first compile"
+    """Where a kill landed: the last traced moment, the last complete checkpoint of that member then, and whether
+    the kill cut a checkpoint write (a partial step left)."""
+    if last_event is None:
+        return "before the first compile"
+    member = last_event.split()[0]
+    member_dir = directory if member == "run" else directory / member
+    steps = [int(p.name) for p in (member_dir / "checkpoints").glob("*") if p.is_dir() and p.name.isdigit()]
+    where = f"in '{last_event}' ({member}: last checkpoint {max(steps) if steps else 'none'})"
     if cut:
-        where += f"; cut a checkpoint write ({sorted(cut)[0].relative_to(directory)} left)"
+        where += f", a checkpoint write cut ({sorted(cut)[0].relative_to(directory)} left)"
     return where
 
 
