@@ -92,18 +92,6 @@ PRESETS = {
         loop=LoopConfig(batch_size=24, envs_per_task=2, updates_per_step=1, replay_capacity=1_000, random_steps=40,
                         total_steps=120, steps_per_chunk=60, eval_episodes=2),
         description="tiny, for the tests"),
-    "tiny": TransferPreset(
-        # The fault tests' size (tests/test_faults.py kills it with SIGKILL): Gymnax classic control, no MJX compile.
-        source=runner.Preset(
-            agent=brc.Config(critic_width=32, critic_depth=1, actor_width=16, num_bins=11, embed_dim=8),
-            loop=LoopConfig(batch_size=16, envs_per_task=2, updates_per_step=1, replay_capacity=256, random_steps=20,
-                            total_steps=80, steps_per_chunk=40, eval_episodes=2),
-            run=runner.RunConfig(tasks="Pendulum-v1", seeds=1, episode_length=25, eval_every=1, checkpoint_every=1,
-                                 xla_optimization_level=1)),
-        targets="MountainCarContinuous-v0",
-        loop=LoopConfig(batch_size=16, envs_per_task=2, updates_per_step=1, replay_capacity=256, random_steps=20,
-                        total_steps=80, steps_per_chunk=40, eval_episodes=2),
-        description="tiny, Gymnax Pendulum -> MountainCarContinuous, for the fault tests"),
 }
 
 
@@ -112,7 +100,7 @@ class Args:
     """Transfer from a multi-task source run to new tasks (see the module docstring)."""
 
     preset: str = "cpu"
-    """One of the PRESETS: cpu, gpu, smoke, tiny."""
+    """One of the PRESETS: cpu, gpu, smoke."""
     source: Path | None = None
     """A trained brc run dir to transfer from instead of training the preset's source."""
     out: Path | None = None

@@ -289,9 +289,17 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
     client = distributed.global_state.client
     me, count = jax.process_index(), jax.process_count()
     resume = _peek_flag(argv, "--resume") or _peek_flag(argv, "--run-dir") or "<its run or study dir>"
-    atexit.register(lambda: _quietly(lambda: client.key_value_set(f"purejaxmt/done/{me}", "1", True)))
+    exiting = threading.Event()
+
+    def at_exit() -> None:  # registered after JAX's own shutdown hook, so it runs before it
+        exiting.set()  # from here on a silent peer or a closed service is the job ending, not a loss
+        _quietly(lambda: client.key_value_set(f"purejaxmt/done/{me}", "1", True))
+
+    atexit.register(at_exit)
 
     def stop(lost: str) -> None:
+        if exiting.is_set():
+            return
         print(f"[purejaxmt] process {me} of {count}: {lost}; stopping. Continue the job with --resume {resume} (and "
               "the same --coordinator-address, --num-processes, --process-id) on every process", file=sys.stderr,
               flush=True)
@@ -299,7 +307,7 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
 
     def watch() -> None:
         beats, heard = 0, {peer: (None, time.monotonic()) for peer in range(count) if peer != me}
-        while True:
+        while not exiting.is_set():
             try:
                 beats += 1
                 client.key_value_set(f"purejaxmt/alive/{me}", str(beats), True)
@@ -314,7 +322,7 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
             except Exception as error:  # noqa: BLE001 - the coordination service itself is gone
                 if me != 0:
                     stop(f"process 0 (the job's coordinator) was lost ({type(error).__name__})")
-                raise
+                return
             time.sleep(interval)
 
     thread = threading.Thread(target=watch, name="purejaxmt-peer-watch", daemon=True)
