@@ -284,7 +284,10 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
     one line when another process is lost (silent for `timeout` s, or, for process 0's peers, the coordinator
     unreachable). Without it, a SIGKILLed peer leaves the others blocked in a collective until JAX's coordination
     service aborts them with a C++ check failure (72 s, exit code 134). A process that ends normally says so first
-    (`atexit`), so the others do not mistake its exit for a loss."""
+    (`atexit`), so the others do not mistake its exit for a loss. A collective cut by a lost peer raises at once
+    (gloo: "connection reset by peer"): an uncaught exception first waits until every peer has beaten again (it was
+    not a loss; the traceback follows) or the lost peer is named, so the exception does not lead into JAX's shutdown
+    barrier and its abort."""
     timeout = float(os.environ.get("PUREJAXMT_PEER_TIMEOUT", timeout or PEER_TIMEOUT))
     client = distributed.global_state.client
     me, count = jax.process_index(), jax.process_count()
@@ -305,14 +308,18 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
               flush=True)
         os._exit(LOST_PEER_EXIT)
 
+    heard = {peer: (None, time.monotonic()) for peer in range(count) if peer != me}  # last beat seen, and when
+    done: set[int] = set()
+
     def watch() -> None:
-        beats, heard = 0, {peer: (None, time.monotonic()) for peer in range(count) if peer != me}
+        beats = 0
         while not exiting.is_set():
             try:
                 beats += 1
                 client.key_value_set(f"purejaxmt/alive/{me}", str(beats), True)
-                for peer, (last, when) in heard.items():
-                    if _try_get(client, f"purejaxmt/done/{peer}"):
+                for peer, (last, when) in list(heard.items()):
+                    if peer in done or _try_get(client, f"purejaxmt/done/{peer}"):
+                        done.add(peer)
                         continue
                     value = _try_get(client, f"purejaxmt/alive/{peer}")
                     if value != last:
@@ -325,6 +332,17 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
                 return
             time.sleep(interval)
 
+    previous_hook = sys.excepthook
+
+    def on_uncaught(kind: type, value: BaseException, trace: Any) -> None:
+        raised = time.monotonic()
+        while time.monotonic() - raised < timeout + 5 * interval:  # the watch thread exits here on a loss
+            if all(peer in done or when > raised for peer, (_, when) in heard.items()):
+                break  # every peer beat after the error: not a loss
+            time.sleep(interval / 5)
+        previous_hook(kind, value, trace)
+
+    sys.excepthook = on_uncaught
     thread = threading.Thread(target=watch, name="purejaxmt-peer-watch", daemon=True)
     thread.start()
     return thread
