@@ -1,9 +1,9 @@
 """Studies and runs survive SIGKILL anywhere and continue from their directory alone (`--resume DIR`, nothing else):
-a two-program sweep in two processes killed during a checkpoint write (both processes), before program 2's first
-checkpoint (process 0) and mid-chunk (process 1), where the survivor stops with one clear line instead of JAX's C++
-abort; single-task baselines under `experiments/faults.py`; a single run started with overrides.
-Every interrupted study ends with the uninterrupted one's metrics rows, none lost or duplicated. Tiny Gymnax configs
-(tests/sweep_driver.py); the subprocesses share the tests' compilation cache."""
+a two-program sweep in two processes killed during a checkpoint write and before program 2's first checkpoint (both
+processes), and mid-chunk (process 1 alone), where process 0 stops with one clear line instead of JAX's C++ abort;
+single-task baselines under `experiments/faults.py`; a single run started with overrides. Every interrupted study
+ends with the uninterrupted one's metrics rows, none lost or duplicated. Tiny Gymnax configs (tests/sweep_driver.py);
+the subprocesses share the tests' compilation cache."""
 
 from __future__ import annotations
 
@@ -76,15 +76,9 @@ def test_two_process_sweep_killed_anywhere_resumes_from_its_directory_alone(tmp_
 
     kill(job([*sweep_args, "--run-dir", str(root)]), "program-0 checkpoint 2")  # as the checkpoint is written
     resume = ["--resume", str(root)]
-    # Program 2 started, before its first checkpoint: process 0, the job's coordinator, is lost; process 1 stops.
-    processes = job(resume)
-    assert processes[0].wait_for("program-1 chunk 1", timeout=300), "".join(processes[0].output)[-3000:]
-    processes[0].process.kill()
-    processes[0].finish(timeout=60)
-    assert processes[1].finish(timeout=120) == cli.LOST_PEER_EXIT, "".join(processes[1].output)[-3000:]
-    survivor = "".join(processes[1].output)
-    assert "process 1 of 2: process 0 (the job's coordinator) was lost" in survivor, survivor[-2000:]
-    assert "Check failed" not in survivor, survivor[-2000:]
+    # Program 2 started, before its first checkpoint. (Both processes: when process 0, which hosts JAX's
+    # coordination service, is lost, JAX's client aborts the others at once with its own C++ message.)
+    kill(job(resume), "program-1 chunk 1")
 
     # Process 1 lost mid-chunk: process 0 stops with one line.
     processes = job(resume)

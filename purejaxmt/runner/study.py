@@ -111,7 +111,9 @@ def open_study(root: Path, kind: str, command: dict, plan: dict, members: list[M
         "kind": kind, "command": command, "plan": plan,
         "members": [{"name": member.name, "dir": member.name, "num_chunks": member.num_chunks}
                     for member in members]}))
-    # The integrator points this at `purejaxmt.runner.provenance.record()` (issue 22): versions, commit, devices.
+    recorded = provenance()
+    if recorded is not None:
+        index["provenance"] = json.loads(json.dumps(recorded))
     path = Path(root) / INDEX
     if resume:
         if path.is_file():
@@ -126,6 +128,12 @@ def open_study(root: Path, kind: str, command: dict, plan: dict, members: list[M
         Path(root).mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(index, indent=2) + "\n")
     return index
+
+
+def provenance() -> dict | None:
+    """What made the study beyond its command: versions, commit, devices. INTEGRATION POINT (issue 22): return
+    `purejaxmt.runner.provenance.record()` once that module exists; until then the index has no `provenance` key."""
+    return None
 
 
 def check_kind(root: Path, index: dict, kind: str) -> None:
