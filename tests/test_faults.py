@@ -141,6 +141,10 @@ def test_a_run_with_overrides_resumes_from_its_directory_alone(tmp_path, capsys)
     (old / "config.json").write_text(json.dumps({**saved, "single_task_baselines": ["Pendulum-v1"]}))
     with pytest.raises(SystemExit, match="written before studies"):
         cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+    (old / "config.json").write_text(json.dumps({**saved, "setting": "base", "program": "program-0"}))
+    with pytest.raises(SystemExit, match="a sweep's record of one run"):
+        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+    assert (old / "config.json").is_file()  # refused, not cleared as a run started without a checkpoint
     (old / "config.json").write_text(json.dumps({**saved, "experiment": "minatar_mt"}))
     with pytest.raises(SystemExit, match="made by experiment 'minatar_mt'"):
         cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])

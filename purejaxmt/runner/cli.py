@@ -169,6 +169,9 @@ def resumed_command(directory: Path, argv: list[str], description: str | None = 
         if member_key in record:
             raise SystemExit(f"--resume {directory}: it is a member run of the {what} study in {directory.parent}; "
                              f"resume the study: --resume {directory.parent}")
+    if "program" in record and "setting" in record:  # runs/<setting>/seed-<s>/config.json of a sweep: no run dir
+        raise SystemExit(f"--resume {directory}: it is a sweep's record of one run (its runs train in the sweep's "
+                         "program-<k>/ dirs); resume the sweep study: --resume <the sweep dir>")
     if "single_task_baselines" in record and "study" not in record:
         raise SystemExit(f"--resume {directory}: a --single-task-baselines dir written before studies (its "
                          "config.json holds the divided batch, not the command's); resume each task on its own with "
