@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +29,8 @@ import tyro
 from purejaxmt import ablation, envs, offpolicy, runner, transfer
 from purejaxmt.agents import brc
 from purejaxmt.offpolicy import LoopConfig
-from purejaxmt.runner import loop, rundir, saved
+from purejaxmt.runner import loop, saved, study
+from purejaxmt.runner.config import make_env
 
 EXPERIMENT, AGENT = "transfer", brc
 
@@ -115,27 +115,28 @@ class Args:
     """Env steps per task of the transfer run (default: the preset's)."""
 
 
-def _finished(run_dir: Path, loop_config: LoopConfig) -> bool:
-    return (run_dir / "config.json").is_file() and rundir.last_logged_chunk(run_dir) >= loop_config.num_chunks
+def _saved_args(out: Path) -> dict:
+    """The arguments a transfer study was started with: its index's plan (or, in a dir from before studies, its
+    transfer_args.json)."""
+    if (out / study.INDEX).is_file():
+        index = json.loads((out / study.INDEX).read_text())
+        study.check_kind(out, index, "transfer")
+        return index["plan"]["args"]
+    if (out / "transfer_args.json").is_file():
+        return json.loads((out / "transfer_args.json").read_text())
+    raise SystemExit(f"cannot resume {out}: no {study.INDEX} (is it an experiments/transfer.py dir?)")
 
 
-def _train(experiment: str, run_dir: Path, run_kwargs: dict, **kwargs) -> None:
-    """A run into `run_dir`: new, resumed, or skipped when finished."""
-    if _finished(run_dir, kwargs["loop_config"]):
-        print(f"[transfer] {run_dir} is finished: not run again")
-        return
-    resume = run_dir if (run_dir / "checkpoints").is_dir() else None
-    if resume is None and run_dir.exists():  # started but stopped before its first checkpoint: start it again
-        shutil.rmtree(run_dir)
-    loop.run(experiment, AGENT, run_dir=None if resume else run_dir, resume=resume, **kwargs, **run_kwargs)
-
-
-def main(args: Args) -> Path:
+def main(args: Args, given: tuple[str, ...] = ()) -> Path:
+    """The study: the source run (unless `--source`), then the transfer run, each by the study's member rule, then
+    the report. `given`: the flags of the command line, checked against what a resume may change."""
     if args.resume is not None:
         out = Path(args.resume)
-        if not (out / "transfer_args.json").is_file():
-            raise SystemExit(f"cannot resume {out}: no transfer_args.json (is it an experiments/transfer.py dir?)")
-        saved_args = json.loads((out / "transfer_args.json").read_text())
+        wrong = [flag for flag in given if flag not in ("--resume", "--help")]
+        if wrong:
+            raise SystemExit(f"--resume {out}: {', '.join(wrong)} cannot change a resumed transfer study (it would no "
+                             f"longer be the one it continues; everything comes from {out}/{study.INDEX})")
+        saved_args = _saved_args(out)
         args = Args(**{**saved_args, "source": saved_args.get("source") and Path(saved_args["source"]), "resume": out,
                        "out": out})
     if args.preset not in PRESETS:
@@ -149,48 +150,54 @@ def main(args: Args) -> Path:
             raise SystemExit(f"{out} exists: runs are never overwritten (use --resume {out} to continue it)")
         if args.source is not None:
             saved.load(args.source)  # fails early on a bad path
-        out.mkdir(parents=True)
-        (out / "transfer_args.json").write_text(json.dumps(
-            {field.name: str(value) if isinstance(value, Path) else value
-             for field in dataclasses.fields(args) if (value := getattr(args, field.name)) is not None
-             and field.name not in ("resume", "out")}, indent=2) + "\n")
-
-    # 1. The source run.
-    if args.source is None:
-        source_dir = out / "source"
-        source_loop = preset.source.loop if args.source_steps is None else \
-            dataclasses.replace(preset.source.loop, total_steps=args.source_steps)
-        _train(f"{EXPERIMENT}_source", source_dir, {}, agent_config=preset.source.agent, loop_config=source_loop,
-               run_config=preset.source.run, preset=args.preset)
-    else:
-        source_dir = Path(args.source)
-    source = saved.load(source_dir)
-    if source.agent_module is not AGENT:
-        raise SystemExit(f"{source_dir} is a run of {source.record['agent_module']}; transfer needs a "
-                         f"{AGENT.__name__} run")
-
-    # 2. The transfer run: modes x seeds in one program.
-    tasks = transfer.task_set(source.task_names, targets)
-    agent_config = transfer.agent_config(source.agent_config, source.task_names, tasks)
+    recorded = {field.name: str(value) if isinstance(value, Path) else value
+                for field in dataclasses.fields(args) if (value := getattr(args, field.name)) is not None
+                and field.name not in ("resume", "out")}
+    source_loop = preset.source.loop if args.source_steps is None else \
+        dataclasses.replace(preset.source.loop, total_steps=args.source_steps)
     loop_config = preset.loop if args.steps is None else dataclasses.replace(preset.loop, total_steps=args.steps)
-    seeds = args.seeds or source.num_runs
-    run_config = dataclasses.replace(source.run_config, tasks=",".join(tasks), seeds=len(transfer.MODES) * seeds)
-    env = loop.make_env(run_config)
-    agent = AGENT.Agent(agent_config, env.spec)
-    template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), AGENT.Hyper.from_config(agent_config))
-    runs = []
-    for mode in transfer.MODES:
-        hyper = offpolicy.hyper_of(AGENT, transfer.agent_config(source.agent_config, source.task_names, tasks, mode),
-                                   loop_config)
-        for seed in range(seeds):
-            learner = None if mode == "scratch" else transfer.grow(
-                source.learner(seed % source.num_runs), template, source.task_names, tasks, source_dir)
-            runs.append(loop.RunSpec(seed=run_config.seed + seed, hyper=hyper, learner=learner,
-                                     labels={"run": f"{mode}/seed-{seed}", "setting": mode}))
-    _train(EXPERIMENT, out / "transfer", {"env": env, "runs": runs, "plot": False,
-                                          "record_extra": {"transfer": {"source": str(source_dir),
-                                                                        "modes": list(transfer.MODES)}}},
-           agent_config=agent_config, loop_config=loop_config, run_config=run_config, preset=args.preset)
+    source_dir = out / "source" if args.source is None else Path(args.source)
+    runs: list[loop.RunSpec] = []
+
+    def train_source(run_dir: Path | None, resume: Path | None) -> None:
+        loop.run(f"{EXPERIMENT}_source", AGENT, preset.source.agent, source_loop, preset.source.run,
+                 preset=args.preset, run_dir=run_dir, resume=resume)
+
+    def train_transfer(run_dir: Path | None, resume: Path | None) -> None:
+        # Built here, after the source run finished: the modes x seeds of one program, started from the source.
+        source = _source(source_dir)
+        tasks = transfer.task_set(source.task_names, targets)
+        agent_config = transfer.agent_config(source.agent_config, source.task_names, tasks)
+        seeds = args.seeds or source.num_runs
+        run_config = dataclasses.replace(source.run_config, tasks=",".join(tasks), seeds=len(transfer.MODES) * seeds)
+        env = make_env(run_config)
+        agent = AGENT.Agent(agent_config, env.spec)
+        template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), AGENT.Hyper.from_config(agent_config))
+        for mode in transfer.MODES:
+            hyper = offpolicy.hyper_of(
+                AGENT, transfer.agent_config(source.agent_config, source.task_names, tasks, mode), loop_config)
+            for seed in range(seeds):
+                # A resume restores every learner from the transfer run's checkpoint: the source is not read again.
+                learner = None if mode == "scratch" or resume is not None else transfer.grow(
+                    source.learner(seed % source.num_runs), template, source.task_names, tasks, source_dir)
+                runs.append(loop.RunSpec(seed=run_config.seed + seed, hyper=hyper, learner=learner,
+                                         labels={"run": f"{mode}/seed-{seed}", "setting": mode}))
+        loop.run(EXPERIMENT, AGENT, agent_config, loop_config, run_config, env=env, runs=runs, preset=args.preset,
+                 run_dir=run_dir, resume=resume,
+                 record_extra={"transfer": {"source": str(source_dir), "modes": list(transfer.MODES)}})
+
+    members = ([study.Member("source", source_loop.num_chunks, train_source)] if args.source is None else []) + \
+        [study.Member("transfer", loop_config.num_chunks, train_transfer)]
+    study.open_study(out, "transfer", {"experiment": EXPERIMENT, "preset": args.preset, "argv": list(given)},
+                     {"args": recorded}, members, resume=args.resume is not None)
+    if not study.run_study(out, members):
+        return out
+    source = _source(source_dir)
+    if not runs:  # the transfer run was finished before: its run entries, as it named them
+        seeds = args.seeds or source.num_runs
+        runs = [loop.RunSpec(seed=source.run_config.seed + seed, labels={"run": f"{mode}/seed-{seed}",
+                                                                           "setting": mode})
+                for mode in transfer.MODES for seed in range(seeds)]
 
     # 3. The report: targets, and retention on the source tasks.
     rows = ablation.run_rows(out / "transfer", "run")
@@ -210,6 +217,15 @@ def main(args: Args) -> Path:
     return out
 
 
+def _source(source_dir: Path) -> saved.SavedRun:
+    source = saved.load(source_dir)
+    if source.agent_module is not AGENT:
+        raise SystemExit(f"{source_dir} is a run of {source.record['agent_module']}; transfer needs a "
+                         f"{AGENT.__name__} run")
+    return source
+
+
 if __name__ == "__main__":
     runner.enable_compilation_cache()
-    main(tyro.cli(Args, description=__doc__, args=sys.argv[1:]))
+    main(tyro.cli(Args, description=__doc__, args=sys.argv[1:]),
+         given=tuple(arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")))

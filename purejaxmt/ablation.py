@@ -62,19 +62,9 @@ class Sweep:
 # ----------------------------------------------------------------------------------------------------------- reading
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """The rows of one metrics file; a torn last line (a run killed mid-write, or a sweep still running) is skipped."""
-    lines = path.read_text().splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break
-            raise ValueError(f"{path}:{number} is not a JSON row ({error}); is it a purejaxmt metrics file?") from None
-    return rows
+    from purejaxmt.runner import rundir  # the run directory's one reader
+
+    return rundir.read_metrics(path)
 
 
 def load_sweep(sweep_dir: Path) -> Sweep:

@@ -9,7 +9,6 @@ the first plot, so `import purejaxmt.plotting` (and `read_metrics`) stay cheap.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -18,9 +17,17 @@ import numpy as np
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a `metrics.jsonl` (one dict per line; blank lines skipped)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of one metrics file (`runner.rundir.read_metrics`, the format's one reader)."""
+    from purejaxmt.runner import rundir
+
+    return rundir.read_metrics(path)
+
+
+def read_all_metrics(run_dir: Path) -> list[dict]:
+    """Every process's rows of a run directory (`runner.rundir.read_all_metrics`)."""
+    from purejaxmt.runner import rundir
+
+    return rundir.read_all_metrics(run_dir)
 
 
 def _curve(rows: list[dict], field: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +51,7 @@ def eval_curves(run_dir: Path, task_names: list[str], x: str = "wall_time") -> d
     x the chunk's env steps per task or its mean `wall_time` over the seeds in minutes. Reads the metrics once."""
     if x not in X_AXES:
         raise ValueError(f"x={x!r}: choose one of {list(X_AXES)}")
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    rows = read_all_metrics(run_dir)
     wall_times: dict[int, list[float]] = defaultdict(list)
     for row in rows:
         wall_times[row["step"]].append(row["wall_time"])
@@ -92,7 +99,7 @@ def plot_learning_curves(run_dir: Path, task_names: list[str]) -> list[Path]:
     from matplotlib.figure import Figure  # here, not at the top: importing matplotlib takes a while
 
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_all_metrics(run_dir)
     (run_dir / "plots").mkdir(exist_ok=True)
     paths = []
     for task in task_names:

@@ -48,7 +48,8 @@ import jax
 import numpy as np
 
 from purejaxmt import ablation, offpolicy
-from purejaxmt.runner import checkpoints, saved
+from purejaxmt.runner import saved
+from purejaxmt.runner.saved import load_policy  # beside the saved-run reader; re-exported here
 
 GL_PACKAGES = ("MuJoCo could not render headless. Install Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 "
                "libegl-mesa0 libgl1-mesa-dri) and set MUJOCO_GL=egl, or OSMesa (apt-get install libosmesa6) and set "
@@ -93,37 +94,6 @@ class Video:
 
 
 # ------------------------------------------------------------------------------------------------------------- policy
-
-def _fill(saved_tree: dict, template: Any, what: str, run_dir: Path) -> Any:
-    """`template`'s structure filled from a checkpoint's nested dict, with a clear error where they do not match."""
-    try:
-        tree = checkpoints.from_saveable(saved_tree, template)
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{run_dir}'s checkpoint has no {what} leaf {error} that this purejaxmt's agent has (a "
-                         "checkpoint of another agent or version)") from None
-    got, expected = checkpoints.state_layout(tree), checkpoints.state_layout(template)
-    if got != expected:
-        wrong = [(g, e) for g, e in zip(got, expected) if g != e][:3]
-        raise ValueError(f"{run_dir}'s checkpoint does not match the {what} its config builds: saved vs expected "
-                         f"{wrong}")
-    return tree
-
-
-def load_policy(run: saved.SavedRun, index: int = 0, env: Any | None = None) -> tuple[Any, Any, Any, Any]:
-    """(env, agent, learner, agent hyper) of run `index` of a saved run: the env from its run config (or `env`, which
-    must have the run's tasks), the agent and its settings from its config, the learner from its latest checkpoint."""
-    from purejaxmt.runner import loop  # the runner imports this module lazily; keep the dependency one-way at import
-
-    env = loop.make_env(run.run_config) if env is None else env
-    if tuple(env.task_names) != tuple(run.task_names):
-        raise ValueError(f"the env given has tasks {list(env.task_names)}, the run {list(run.task_names)}")
-    agent = run.agent_module.Agent(run.agent_config, env.spec)
-    hyper = offpolicy.hyper_of(run.agent_module, run.agent_config, run.loop_config)
-    template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), hyper.agent)
-    # The settings are the config's: the evaluation policy reads none of them (a sweep's data settings, learning
-    # rates and the like, only shape updates), and they need not match a checkpoint of an older version.
-    return env, agent, _fill(run.learner(index), template, "learner", run.run_dir), hyper.agent
-
 
 def _physics(family_state: Any) -> dict[str, jax.Array] | None:
     """What an MJX frame is drawn from, `[n, ...]` of a family's `[n, 1, ...]` state (None for non-MJX families)."""

@@ -35,14 +35,15 @@ DISCRETE = brc_discrete.Config(critic_width=16, critic_depth=1, num_bins=11, emb
 @pytest.fixture(scope="module")
 def mjx_run(tmp_path_factory):
     run_config = dataclasses.replace(RUN, tasks=MJX_TASK, video=True)
-    return runner.run("test", brc, CONTINUOUS, LOOP, run_config, run_dir=tmp_path_factory.mktemp("render") / "mjx",
-                      plot=False)
+    run_dir = runner.run("test", brc, CONTINUOUS, LOOP, run_config, run_dir=tmp_path_factory.mktemp("render") / "mjx")
+    runner.cli.after_run(run_dir, run_config, finished=True)  # the runner's --run.video, after training
+    return run_dir
 
 
 @pytest.fixture(scope="module")
 def minatar_run(tmp_path_factory):
     return runner.run("test", brc_discrete, DISCRETE, LOOP, dataclasses.replace(RUN, tasks=GAME),
-                      run_dir=tmp_path_factory.mktemp("render") / "minatar", plot=False)
+                      run_dir=tmp_path_factory.mktemp("render") / "minatar")
 
 
 def _check_video(path: Path, frames: int, episode_return: float) -> np.ndarray:

@@ -154,6 +154,7 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, env):
     assert [_comparable(r) for r in _rows(resumed, 3)] == [_comparable(r) for r in _rows(whole, 3)]
     assert all(r.get(f"eval/{TASKS}/return") is not None for r in _rows(resumed, 3))
     assert all(r.get(f"train/{TASKS}/return") is not None and r["step"] == 120 for r in _rows(resumed, 3))
+    runner.cli.after_run(resumed, RUN, finished=True)  # plots are an after-run job, outside the loop
     assert (resumed / "plots" / f"{TASKS}.png").stat().st_size > 0
     config = json.loads((resumed / "config.json").read_text())
     assert config["agent"]["critic_width"] == AGENT.critic_width and config["run"]["tasks"] == TASKS
@@ -242,9 +243,13 @@ def test_single_task_baselines_resume_and_summary(tmp_path, capsys):
     assert all(entry["step"] == 40 and entry["seeds"] == 1 for entry in summary.values())
     task_config = json.loads((root / "Pendulum-v1" / "config.json").read_text())
     assert task_config["loop"]["batch_size"] == LOOP.batch_size // 2 and task_config["run"]["tasks"] == "Pendulum-v1"
-    # Resuming a finished set runs nothing again.
-    runner.main("test", brc, presets, argv=["--preset", "tiny", "--single-task-baselines", "--resume", str(root)])
-    assert "already finished" in capsys.readouterr().out
+    # Resuming a finished set from its directory alone runs nothing again; other flags beside --resume are refused.
+    runner.main("test", brc, presets, argv=["--resume", str(root)])
+    assert capsys.readouterr().out.count("finished, skipped") == 2
+    with pytest.raises(SystemExit, match="--preset, --single-task-baselines cannot change a resumed run or study"):
+        runner.main("test", brc, presets, argv=["--preset", "tiny", "--single-task-baselines", "--resume", str(root)])
+    with pytest.raises(ValueError, match="as a sweep study: it is a 'baselines' study"):
+        runner.study.open_study(root, "sweep", {}, {}, [], resume=True)
 
 
 def test_resume_and_run_dir_guards(tmp_path):

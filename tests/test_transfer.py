@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -242,6 +243,28 @@ def test_transfer_experiment_end_to_end(tmp_path):
         experiment.main(experiment.Args(preset="smoke", out=out))
     experiment.main(experiment.Args(resume=out))  # both runs finished: only the report again
     assert len((out / "transfer" / "metrics.jsonl").read_text().splitlines()) == 2 * 6
+    with pytest.raises(SystemExit, match="--steps cannot change a resumed transfer study"):
+        experiment.main(experiment.Args(resume=out, steps=60), given=("--resume", "--steps"))
+
+    # The study's member rule on the transfer run, as a kill would leave it: with its first checkpoint only, it
+    # resumes from it (the learners restored, not grown again); with none, it starts again from the source. Both
+    # end with the rows of the uninterrupted run.
+    transfer_dir = out / "transfer"
+
+    def comparable_rows() -> list[dict]:
+        return [_comparable(row) for row in map(json.loads, (transfer_dir / "metrics.jsonl").read_text().splitlines())]
+
+    rows = comparable_rows()
+    shutil.rmtree(transfer_dir / "checkpoints" / "2")
+    experiment.main(experiment.Args(resume=out))
+    assert comparable_rows() == rows
+    shutil.rmtree(transfer_dir / "checkpoints")
+    experiment.main(experiment.Args(resume=out))
+    assert comparable_rows() == rows
+
+
+def _comparable(row: dict) -> dict:
+    return {name: value for name, value in row.items() if name not in ("wall_time", "env_steps_per_second")}
 
 
 @pytest.mark.parametrize("name", ["cpu", "gpu"])

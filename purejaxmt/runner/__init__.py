@@ -5,17 +5,20 @@
 - `rundir`      run directories, the config record, the metrics log
 - `checkpoints` orbax checkpoints keyed by leaf path, and the state-layout check of a resume
 - `devices`     seeds and settings as a vmapped runs axis, sharded over the devices
-- `loop`        the host loop: compile once, chunks, evaluation, logging, checkpoints, SIGINT/SIGTERM (`run`)
+- `loop`        the host loop of ONE program: compile once, chunks, evaluation, logging, checkpoints, SIGINT/SIGTERM
+- `study`       sets of member runs (sweeps, baselines, transfer) and the one rule that continues each member
+- `saved`       a run directory read back: its configs, its checkpoints' learners, a policy (`load_policy`)
 - `loggers`     optional TensorBoard / W&B mirrors of the metrics rows (`make_logger`, `--run.logger`)
-- `baselines`   single-task baselines of a multi-task command
+- `sweep`, `baselines`   plans: settings x seeds, single-task baselines of a multi-task command
 """
 
+from purejaxmt.runner import cli, study
 from purejaxmt.runner.baselines import single_task_baselines
 from purejaxmt.runner.cli import Command, accelerator_present, enable_compilation_cache, main, parse_command
-from purejaxmt.runner.config import Preset, RunConfig
+from purejaxmt.runner.config import Preset, RunConfig, make_env
 from purejaxmt.runner.devices import init_states, runs_axes, vmap_evaluate, vmap_train_chunk
-from purejaxmt.runner.loop import abstract_run, make_env, run, seed_keys
+from purejaxmt.runner.loop import abstract_run, run, seed_keys
 
-__all__ = ["Command", "Preset", "RunConfig", "abstract_run", "accelerator_present", "enable_compilation_cache",
+__all__ = ["Command", "Preset", "RunConfig", "abstract_run", "accelerator_present", "cli", "enable_compilation_cache",
            "init_states", "main", "make_env", "parse_command", "run", "runs_axes", "seed_keys",
-           "single_task_baselines", "vmap_evaluate", "vmap_train_chunk"]
+           "single_task_baselines", "study", "vmap_evaluate", "vmap_train_chunk"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from purejaxmt import envs
 from purejaxmt.offpolicy import LoopConfig
 from purejaxmt.runner.loggers import LOGGERS
 
@@ -81,3 +82,11 @@ class Preset:
     """`--sweep` items (`field=v1,v2`) the preset runs unless the command line gives its own (runner.sweep)."""
     variants: tuple[str, ...] = ()
     """`--variant` items (`field=v field2=w`; empty: the preset as is) crossed with the sweep."""
+
+
+def make_env(run_config: RunConfig) -> envs.TaskEnv:
+    """The run's `TaskEnv`. Env options are passed only when set, as each applies to some providers' tasks only."""
+    options = {"minimal_action_set": True} if run_config.minimal_action_set else {}
+    if run_config.sticky_actions > 0:
+        options["sticky_actions"] = run_config.sticky_actions
+    return envs.make(run_config.tasks, episode_length=run_config.episode_length, **options)

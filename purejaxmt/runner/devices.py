@@ -41,6 +41,17 @@ def select_devices(num_devices: int | None = None) -> list[jax.Device]:
     return devices[:num_devices]
 
 
+def devices_for_runs(num_runs: int, num_devices: int | None = None) -> tuple[list[jax.Device], str | None]:
+    """The devices `num_runs` runs are sharded over (`select_devices`) and, when there are fewer runs than devices
+    in a single process, only the first `num_runs` of them (a device with no run would only hold padding), with a
+    line saying so (None otherwise). With several processes every process must hold runs: `padded_num_runs` refuses."""
+    chosen = select_devices(num_devices)
+    if num_runs < len(chosen) and jax.process_count() == 1:
+        return chosen[:num_runs], (f"{num_runs} run(s) on {num_runs} of the {len(chosen)} devices (fewer runs than "
+                                   "devices; add seeds or settings to use them all)")
+    return chosen, None
+
+
 def padded_num_runs(num_runs: int, num_devices: int) -> int:
     """Runs padded up to a multiple of the device count, so that every device holds as many runs; raises when
     there are fewer runs than devices (most of the machine would idle)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -26,19 +27,11 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from purejaxmt import envs, offpolicy, plotting
+from purejaxmt import envs, offpolicy
 from purejaxmt.runner import checkpoints, devices, health, loggers, provenance, rundir
-from purejaxmt.runner.config import RunConfig
+from purejaxmt.runner.config import RunConfig, make_env
 
 ProgressFn = Callable[[int, list[dict]], Any]
-
-
-def make_env(run_config: RunConfig) -> envs.TaskEnv:
-    """The run's `TaskEnv`. Env options are passed only when set, as each applies to some providers' tasks only."""
-    options = {"minimal_action_set": True} if run_config.minimal_action_set else {}
-    if run_config.sticky_actions > 0:
-        options["sticky_actions"] = run_config.sticky_actions
-    return envs.make(run_config.tasks, episode_length=run_config.episode_length, **options)
 
 
 def seed_keys(run_config: RunConfig) -> jax.Array:
@@ -127,6 +120,13 @@ def _start_learners(state: Any, learners: list[Any], mine: np.ndarray, sharding:
     return state.replace(learner=learner)
 
 
+def trace(run_dir: Path, event: str) -> None:
+    """With `PUREJAXMT_TRACE` set, one `[purejaxmt:trace] <run dir name> <event>` line per compile, chunk and
+    checkpoint, before it starts: the moments `experiments/faults.py` kills a run at (every process prints its own)."""
+    if os.environ.get("PUREJAXMT_TRACE"):
+        print(f"[purejaxmt:trace] {Path(run_dir).name} {event}", flush=True)
+
+
 def say(*args: Any, **kwargs: Any) -> None:
     if jax.process_index() == 0:  # one voice for a multi-host job
         print(*args, **kwargs)
@@ -148,14 +148,15 @@ def _any_process(flag: bool) -> bool:
 def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_config: offpolicy.LoopConfig,
         run_config: RunConfig, *, env: Any | None = None, run_dir: Path | None = None, resume: Path | None = None,
         preset: str | None = None, progress_fn: ProgressFn | None = None, runs_root: Path = Path("runs"),
-        runs: list[RunSpec] | None = None, record_extra: dict | None = None, plot: bool = True) -> Path:
+        runs: list[RunSpec] | None = None, record_extra: dict | None = None) -> Path:
     """Trains `agent_module`'s agent on `run_config.tasks` (or on a ready `env`) and returns the run directory.
 
     The runs are `run_config.seeds` seeds from `run_config.seed` with the configs' settings, or the given `runs`
     (a sweep's settings x seeds in one program; `record_extra` is saved in config.json with the configs). They are
     padded to a multiple of the device count (copies of the first run, dropped from the logs) and sharded over all
     devices of all processes. `progress_fn(chunk, rows)` is called after each chunk with this process's metrics rows;
-    returning False stops the run as SIGINT does (checkpoint, then return).
+    returning False stops the run as SIGINT does (checkpoint, then return). Trains only: plots and videos are the
+    caller's after-run jobs (`cli.after_run`).
     """
     record = rundir.config_record(experiment, agent_module, agent_config, loop_config, run_config, preset)
     record.update(json.loads(json.dumps(record_extra or {})))
@@ -178,7 +179,9 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     task_names, num_chunks, steps_per_chunk = program.task_names, loop_config.num_chunks, loop_config.steps_per_chunk
     runs = runs if runs is not None else [RunSpec(seed=run_config.seed + i) for i in range(run_config.seeds)]
     num_runs = len(runs)
-    device_list = devices.select_devices(run_config.devices)
+    device_list, fewer = devices.devices_for_runs(num_runs, run_config.devices)
+    if fewer:
+        say(f"[purejaxmt] {fewer}")
     padded = devices.padded_num_runs(num_runs, len(device_list))
     sharding = devices.runs_sharding(device_list)
     all_runs = runs + [runs[0]] * (padded - num_runs)  # padding: copies of run 0, never logged
@@ -231,11 +234,11 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     def evaluate_at(state: Any, keys: jax.Array, chunk: jax.Array) -> dict:
         return devices.vmap_evaluate(program, state)(state, jax.vmap(lambda key: jax.random.fold_in(key, chunk))(keys))
 
+    trace(run_dir, "compile")
     compile_start = time.perf_counter()
     lowered = (jax.jit(devices.vmap_train_chunk(program, state), donate_argnums=0).lower(state),
                jax.jit(evaluate_at).lower(state, run_keys, 0))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # XLA compiles the two programs in parallel
-        options = {"xla_backend_optimization_level": run_config.xla_optimization_level}
         train_chunk, evaluate = pool.map(lambda program: program.compile(compiler_options=options), lowered)
     say(f"[purejaxmt] compiled train chunk and evaluation in {time.perf_counter() - compile_start:.1f} s")
 
@@ -253,6 +256,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     chunk, loop_start = start_chunk, time.perf_counter()
     with _StopRequest() as stop, open(log_path, "a") as log:
         while chunk < num_chunks and not stop.requested:
+            trace(run_dir, f"chunk {chunk + 1}")
             chunk_start = time.perf_counter()
             with jax.transfer_guard("disallow"):
                 state, metrics = train_chunk(state)
@@ -290,23 +294,18 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
                 stop.requested = True
             stop.requested = _any_process(stop.requested)
             if chunk % run_config.checkpoint_every == 0 or chunk == num_chunks or stop.requested:
+                trace(run_dir, f"checkpoint {chunk}")
                 # A diverged run's learner is saved as its last finite one; CheckpointWriteError on a full disk.
                 checkpointer.save(chunk, saveable(watch.saveable(state)))
     bar.close()
     checkpointer.close()
     if logger is not None:
         logger.close()
-    if plot and jax.process_index() == 0:
-        plotting.plot_learning_curves(run_dir, list(task_names))
-    if run_config.video and chunk >= num_chunks and jax.process_index() == 0:
-        from purejaxmt import render  # only when asked: MuJoCo's renderer, imageio
-
-        render.after_run(run_dir, env)  # videos/<task>_return-<R>.mp4 of run 0; a failure is reported, not raised
     if diverged_at:
         print(f"[purejaxmt] {len(diverged_at)} run(s) diverged (the DIVERGED lines above; their rows carry "
               "diverged: true)", file=sys.stderr, flush=True)
     if chunk < num_chunks:
         say(f"[purejaxmt] stopped after chunk {chunk}/{num_chunks}; continue with --resume {run_dir}")
     else:
-        say(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/{', plots/' if plot else ''})")
+        say(f"[purejaxmt] done: {run_dir} (metrics.jsonl, checkpoints/)")
     return run_dir

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from purejaxmt import plotting
-
 
 def config_record(experiment: str, agent_module: Any, agent_config: Any, loop_config: Any, run_config: Any,
                   preset: str | None) -> dict:
@@ -53,15 +51,18 @@ def load_saved_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# Run fields that say how a run is watched or how long it may take, not what it computes: a resume may change them.
-NOT_THE_RUN = ("logger", "video", "train_minutes")
+# Run fields that say how a run is watched, how long it may take, and how often it is evaluated and checkpointed, not
+# what it trains (an evaluation reads the state and draws its own keys): a resume may change them (`cli.RESUME_FLAGS`).
+NOT_THE_RUN = ("logger", "video", "train_minutes", "eval_every", "checkpoint_every")
+# Record entries that say who asked, not what is trained.
+NOT_COMPARED = ("preset", "command", "provenance")
 
 
 def check_resumable(run_dir: Path, record: dict) -> None:
-    """Raises unless `run_dir` was started with the same config (all but the preset's name, `NOT_THE_RUN` and the
-    provenance: other versions are a warning, `provenance.resume_warning`)."""
+    """Raises unless `run_dir` was started with the same config (all but `NOT_COMPARED` and `NOT_THE_RUN`; the
+    provenance differs as a warning, `provenance.resume_warning`)."""
     saved = load_saved_config(run_dir)
-    keys = [key for key in record if key not in ("preset", "provenance")]
+    keys = [key for key in set(record) | set(saved) if key not in NOT_COMPARED]
 
     def comparable(entry: dict, key: str) -> object:
         value = entry.get(key)
@@ -94,10 +95,28 @@ def metrics_file(run_dir: Path, process: int = 0) -> Path:
     return Path(run_dir) / ("metrics.jsonl" if process == 0 else f"metrics.process-{process}.jsonl")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of one metrics file. A torn last line (a run killed mid-write, or a run still writing) is skipped;
+    a bad line before it is an error naming the file and line."""
+    lines = Path(path).read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number} is not a JSON row ({error}); is it a purejaxmt metrics file?") from None
+    return rows
+
+
 def read_all_metrics(run_dir: Path) -> list[dict]:
-    """The rows of every process's metrics file of a run directory."""
+    """The rows of every process's metrics file of a run directory (`metrics.jsonl`, `metrics.process-<i>.jsonl`):
+    the one reader of the format, for the runner, plotting, ablation, compare, render and transfer alike."""
     paths = sorted(Path(run_dir).glob("metrics*.jsonl"))
-    return [row for path in paths for row in plotting.read_metrics(path)]
+    return [row for path in paths for row in read_metrics(path)]
 
 
 def metrics_rows(metrics: dict, task_names: tuple[str, ...] | list[str], runs: list[dict], chunk: int,
@@ -124,7 +143,7 @@ def truncate_metrics(path: Path, last_chunk: int) -> float:
     the wall time already spent."""
     if not path.exists():
         return 0.0
-    kept = [row for row in plotting.read_metrics(path) if row["chunk"] <= last_chunk]
+    kept = [row for row in read_metrics(path) if row["chunk"] <= last_chunk]
     path.write_text("".join(json.dumps(row) + "\n" for row in kept))
     return max((row["wall_time"] for row in kept), default=0.0)
 

@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from purejaxmt import offpolicy
 from purejaxmt.offpolicy import LoopConfig
 from purejaxmt.runner import checkpoints, rundir
-from purejaxmt.runner.config import RunConfig
+from purejaxmt.runner.config import RunConfig, make_env
 from purejaxmt.treepaths import leaf_paths
 
 
@@ -34,6 +35,19 @@ def _build(cls: type, values: dict, what: str, run_dir: Path) -> Any:
         raise ValueError(f"{run_dir}/config.json has {what} fields {unknown} that this purejaxmt's {cls.__qualname__} "
                          "does not know (a run of another version)")
     return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
+
+
+def configs_of(record: dict, run_dir: Path) -> dict:
+    """The configs a `config.json` record holds, rebuilt: `{"agent_module", "agent", "loop", "run"}`; a clear error
+    for an agent module that cannot be imported or a field this version does not know."""
+    try:
+        agent_module = importlib.import_module(record["agent_module"])
+    except (KeyError, ImportError) as error:
+        raise ValueError(f"{run_dir}/config.json names agent module {record.get('agent_module')!r}, which cannot "
+                         f"be imported: {error}") from error
+    return {"agent_module": agent_module, "agent": _build(agent_module.Config, record["agent"], "agent", run_dir),
+            "loop": _build(LoopConfig, record["loop"], "loop", run_dir),
+            "run": _build(RunConfig, record["run"], "run", run_dir)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,12 +145,35 @@ def load(run_dir: Path | str) -> SavedRun:
         hint = " (a sweep or baselines dir: pass one of its program-<k>/ or task sub-directories)" \
             if (run_dir / "sweep.json").is_file() or (run_dir / "summary.json").is_file() else ""
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory{hint}")
+    configs = configs_of(record, run_dir)
+    return SavedRun(run_dir=run_dir, record=record, agent_module=configs["agent_module"],
+                    agent_config=configs["agent"], loop_config=configs["loop"], run_config=configs["run"])
+
+
+def _fill(saved_tree: dict, template: Any, what: str, run_dir: Path) -> Any:
+    """`template`'s structure filled from a checkpoint's nested dict, with a clear error where they do not match."""
     try:
-        agent_module = importlib.import_module(record["agent_module"])
-    except (KeyError, ImportError) as error:
-        raise ValueError(f"{run_dir}/config.json names agent module {record.get('agent_module')!r}, which cannot "
-                         f"be imported: {error}") from error
-    return SavedRun(run_dir=run_dir, record=record, agent_module=agent_module,
-                    agent_config=_build(agent_module.Config, record["agent"], "agent", run_dir),
-                    loop_config=_build(LoopConfig, record["loop"], "loop", run_dir),
-                    run_config=_build(RunConfig, record["run"], "run", run_dir))
+        tree = checkpoints.from_saveable(saved_tree, template)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{run_dir}'s checkpoint has no {what} leaf {error} that this purejaxmt's agent has (a "
+                         "checkpoint of another agent or version)") from None
+    got, expected = checkpoints.state_layout(tree), checkpoints.state_layout(template)
+    if got != expected:
+        wrong = [(g, e) for g, e in zip(got, expected) if g != e][:3]
+        raise ValueError(f"{run_dir}'s checkpoint does not match the {what} its config builds: saved vs expected "
+                         f"{wrong}")
+    return tree
+
+
+def load_policy(run: SavedRun, index: int = 0, env: Any | None = None) -> tuple[Any, Any, Any, Any]:
+    """(env, agent, learner, agent hyper) of run `index` of a saved run: the env from its run config (or `env`, which
+    must have the run's tasks), the agent and its settings from its config, the learner from its latest checkpoint."""
+    env = make_env(run.run_config) if env is None else env
+    if tuple(env.task_names) != tuple(run.task_names):
+        raise ValueError(f"the env given has tasks {list(env.task_names)}, the run {list(run.task_names)}")
+    agent = run.agent_module.Agent(run.agent_config, env.spec)
+    hyper = offpolicy.hyper_of(run.agent_module, run.agent_config, run.loop_config)
+    template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), hyper.agent)
+    # The settings are the config's: the evaluation policy reads none of them (a sweep's data settings, learning
+    # rates and the like, only shape updates), and they need not match a checkpoint of an older version.
+    return env, agent, _fill(run.learner(index), template, "learner", run.run_dir), hyper.agent

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 
 from purejaxmt import envs, offpolicy
-from purejaxmt.runner import devices, loop, provenance, rundir
+from purejaxmt.runner import devices, loop, provenance, rundir, study
 
 SECTIONS = ("agent", "loop")
 
@@ -215,9 +215,9 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         rundir.check_resumable(root, record)
     else:
         rundir.check_new(root)
-    num_devices = len(devices.select_devices(run_config.devices))
-    for plan in plans:  # fewer runs than devices fails here, before anything is written
-        devices.padded_num_runs(len(plan.settings) * len(seeds), num_devices)
+    for plan in plans:  # a job that cannot place the runs fails here, before anything is written
+        num_runs = len(plan.settings) * len(seeds)
+        devices.padded_num_runs(num_runs, len(devices.devices_for_runs(num_runs, run_config.devices)[0]))
     loop.sync("purejaxmt: sweep dir checked")  # no process writes before every process has checked
 
     index = {"experiment": experiment, "agent_module": agent_module.__name__, "preset": command.preset,
@@ -253,30 +253,31 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
                     path.write_text(json.dumps({**run_record, "setting": point.label, "values": point.values,
                                                 "program": plan.name}, indent=2) + "\n")
 
-    sweep_start = time.perf_counter()
-    for number, plan in enumerate(plans, start=1):
-        program_dir = root / plan.name
+    def program_member(number: int, plan: ProgramPlan) -> study.Member:
         # The program's configs are its first setting's: the others differ only in data (their `Hyper`s).
         agent_config, loop_config = configs[plan.settings[0].label]
-        if rundir.last_logged_chunk(program_dir) >= loop_config.num_chunks:
-            loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}): already finished")
-            continue
-        loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}, {time.perf_counter() - sweep_start:.0f} s into "
-                 f"the sweep): {[point.label for point in plan.settings]} x {len(seeds)} seed(s)")
         runs = []
         for point in plan.settings:
             hyper = offpolicy.hyper_of(agent_module, *configs[point.label])
             runs += [loop.RunSpec(seed=seed, hyper=hyper, labels={"run": run_name(point.label, seed),
                                                                   "setting": point.label}) for seed in seeds]
-        started = (program_dir / "config.json").is_file()
         extra = {"sweep_program": plan.name, "settings": [point.values for point in plan.settings],
                  "runs": [spec.labels["run"] for spec in runs]}
-        loop.run(sweep_experiment, agent_module, agent_config, loop_config, run_config, preset=command.preset,
-                 run_dir=None if started else program_dir, resume=program_dir if started else None, runs=runs,
-                 record_extra=extra, plot=False, progress_fn=progress_fn)
-        if rundir.last_logged_chunk(program_dir) < loop_config.num_chunks:
-            loop.say(f"[purejaxmt] sweep stopped in {plan.name}; continue with --resume {root}")
-            return root
+
+        def train(run_dir: Path | None, resume: Path | None) -> None:
+            loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}, {time.perf_counter() - sweep_start:.0f} s "
+                     f"into the sweep): {[point.label for point in plan.settings]} x {len(seeds)} seed(s)")
+            loop.run(sweep_experiment, agent_module, agent_config, loop_config, run_config, preset=command.preset,
+                     run_dir=run_dir, resume=resume, runs=runs, record_extra=extra, progress_fn=progress_fn)
+
+        return study.Member(plan.name, loop_config.num_chunks, train)
+
+    sweep_start = time.perf_counter()
+    members = [program_member(number, plan) for number, plan in enumerate(plans, start=1)]
+    study.open_study(root, "sweep", study.command_entry(experiment, command), {"sweep_index": "sweep.json"}, members,
+                     resume=command.resume is not None)
+    if not study.run_study(root, members):
+        return root
 
     if report and jax.process_index() == 0:
         from purejaxmt import ablation  # matplotlib and rliable load only here
