@@ -158,15 +158,20 @@ def compare(expected: dict[tuple, dict], got: dict[tuple, dict]) -> str:
     return "identical"
 
 
+def make_parser() -> argparse.ArgumentParser:
+    """The tool's own flags (those before `--`; the experiment command follows it)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILLs spread over compiles, chunks, checkpoints")
+    parser.add_argument("--out", type=Path, default=None, help="where both runs go (default runs/faults/<time>)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
         raise SystemExit("usage: python experiments/faults.py [--kills N] [--out DIR] -- <experiment command>")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=3, help="SIGKILLs spread over compiles, chunks, checkpoints")
-    parser.add_argument("--out", type=Path, default=None, help="where both runs go (default runs/faults/<time>)")
-    args = parser.parse_args(argv[:split])
+    args = make_parser().parse_args(argv[:split])
     command = argv[split + 1:]
     if not command or any(flag in command for flag in ("--run-dir", "--out", "--resume")):
         raise SystemExit("give an experiment command without --run-dir, --out or --resume: faults.py chooses them")

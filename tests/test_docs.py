@@ -159,6 +159,8 @@ def _traced_tasks() -> dict[str, set[str]]:
     for script, preset in test_presets.CASES:
         tasks = test_presets.SCRIPTS[script].PRESETS[preset].run.tasks
         traced.setdefault(script, set()).update(envs.resolve(tasks))
+    for script, _, tasks in test_presets.TASK_CASES:
+        traced.setdefault(script, set()).update(envs.resolve(tasks))
     return traced
 
 
@@ -220,7 +222,8 @@ def test_documented_command_parses(where, argv, tmp_path_factory):
             assert set(parsed.sections or ()) <= known, f"{where}: unknown sections {set(parsed.sections) - known}"
         return
     if hasattr(module, "make_parser"):  # its own argparse CLI: bench_projection
-        _parse(where, argv[0], args, lambda a: module.make_parser().parse_args(a))
+        # Flags up to a `--` (faults.py: the experiment command after it is checked as a command of its own).
+        _parse(where, argv[0], args, lambda a: module.make_parser().parse_args(a[:a.index("--")] if "--" in a else a))
         return
     assert all(isinstance(chosen, runner.Preset) for chosen in getattr(module, "PRESETS", {None: None}).values()), (
         f"{where}: {argv[0]} is neither a runner experiment nor a script with an `Args` (tyro) or a `make_parser()` "
