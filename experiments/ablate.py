@@ -20,6 +20,7 @@ from typing import Annotated
 import tyro
 
 from purejaxmt import ablation, stats
+from purejaxmt.runner.usage import usage_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,4 +56,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
+        main()

@@ -20,6 +20,7 @@ import tyro
 
 from purejaxmt import envs, plotting
 from purejaxmt.runner import rundir
+from purejaxmt.runner.usage import usage_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,4 +63,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
+        main()

@@ -137,4 +137,5 @@ PRESETS = {
 }
 
 if __name__ == "__main__":
-    runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)
+    with runner.usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
+        runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)

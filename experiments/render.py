@@ -15,11 +15,12 @@ from __future__ import annotations
 from purejaxmt import render  # first: it sets MUJOCO_GL before anything imports MuJoCo  # isort: skip
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import tyro
+
+from purejaxmt.runner.usage import usage_errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,10 @@ def main(argv: list[str] | None = None) -> list[render.Video]:
         return render.render_run(args.run_dir, tasks=args.tasks or None, run=args.run, out=args.out,
                                  frames=args.frames, width=args.width, height=args.height, gif=args.gif, fps=args.fps,
                                  seed=args.seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except (FileNotFoundError, ValueError, RuntimeError) as error:  # a bad path or task, no headless OpenGL
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
-    main()
+    with usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
+        main()

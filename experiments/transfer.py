@@ -227,5 +227,6 @@ def _source(source_dir: Path) -> saved.SavedRun:
 
 if __name__ == "__main__":
     runner.enable_compilation_cache()
-    main(tyro.cli(Args, description=__doc__, args=sys.argv[1:]),
-         given=tuple(arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")))
+    with runner.usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
+        main(tyro.cli(Args, description=__doc__, args=sys.argv[1:]),
+             given=tuple(arg.split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")))
