@@ -34,8 +34,7 @@ def env():
 def whole(env, tmp_path_factory) -> Path:
     """The uninterrupted run (3 chunks, a checkpoint after each: those of chunks 2 and 3 are kept). Damaging its
     last checkpoint and resuming it re-runs chunk 3 from chunk 2's, which must give the same rows again."""
-    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=tmp_path_factory.mktemp("whole") / "run",
-                         plot=False)
+    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=tmp_path_factory.mktemp("whole") / "run")
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]
     return run_dir
 
@@ -77,7 +76,7 @@ def test_flipped_bytes_fall_back_to_the_intact_checkpoint_and_finish_the_same_ru
     config["provenance"]["packages"]["jax"] = "0.0.1"
     (damaged / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged, plot=False)
+    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged)
     out = capsys.readouterr().out
     warning = [line for line in out.splitlines() if "is damaged" in line]
     assert len(warning) == 1, out[-3000:]
@@ -93,7 +92,7 @@ def test_a_truncated_file_falls_back_and_all_damaged_fails_clearly(whole, env, t
     largest = data_files(damaged, 3)[0]
     os.truncate(largest, largest.stat().st_size // 2)
     capsys.readouterr()
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged, plot=False)
+    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged)
     out = capsys.readouterr().out
     assert "checkpoints/3 is damaged: leaf " in out and "cannot be read" in out, out[-3000:]
     assert_same_rows(rundir.read_all_metrics(damaged), rundir.read_all_metrics(whole))
@@ -104,7 +103,7 @@ def test_a_truncated_file_falls_back_and_all_damaged_fails_clearly(whole, env, t
     flip_middles(ruined, 3)
     with pytest.raises(checkpoints.NoIntactCheckpointError,
                        match=r"no intact checkpoint in .*chunk 3: leaf learner/.*; chunk 2: leaf learner/"):
-        runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=ruined, plot=False)
+        runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=ruined)
     assert (ruined / "checkpoints" / "2").is_dir() and (ruined / "checkpoints" / "3").is_dir()
     # A step whose digests are missing (a save cut short after orbax's commit) is not trusted either.
     (ruined / "checkpoints" / "3" / "digests.process-0.json").unlink()
@@ -124,7 +123,7 @@ def test_a_diverged_run_in_a_sweep_is_reported_and_never_checkpointed_and_the_ot
     runs = [loop.RunSpec(seed=0, labels={"run": "base/seed-0", "setting": "base"}),
             loop.RunSpec(seed=1, hyper=diverging_hyper(program), labels={"run": "lr=1e8/seed-1", "setting": "lr=1e8"})]
     capsys.readouterr()
-    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, runs=runs, run_dir=tmp_path / "sweep", plot=False)
+    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, runs=runs, run_dir=tmp_path / "sweep")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "DIVERGED in" in line]
     assert len(lines) == 1, err[-3000:]  # reported once, in the chunk it happened
@@ -154,11 +153,11 @@ def test_a_diverged_run_in_a_sweep_is_reported_and_never_checkpointed_and_the_ot
 
 def test_a_run_whose_every_seed_diverges_says_so_and_resumes_diverged(env, tmp_path, capsys):
     config = dataclasses.replace(AGENT, learning_rate=1e8)
-    run_dir = runner.run("test", brc, config, LOOP, RUN, env=env, run_dir=tmp_path / "alone", plot=False,
+    run_dir = runner.run("test", brc, config, LOOP, RUN, env=env, run_dir=tmp_path / "alone",
                          progress_fn=lambda chunk, rows: chunk < 2)
     err = capsys.readouterr().err
     assert err.count("DIVERGED in chunk 1") == 2 and "2 run(s) diverged" in err, err[-3000:]
-    runner.run("test", brc, config, LOOP, RUN, env=env, resume=run_dir, plot=False)
+    runner.run("test", brc, config, LOOP, RUN, env=env, resume=run_dir)
     assert "DIVERGED in" not in capsys.readouterr().err  # reported once, not again on the resume
     rows = rundir.read_all_metrics(run_dir)
     assert [row["chunk"] for row in rows] == [1, 1, 2, 2, 3, 3]
@@ -177,14 +176,14 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes(whole, env, tmp_pat
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", full_at_chunk_2)
     run_dir = tmp_path / "full"
     with pytest.raises(checkpoints.CheckpointWriteError) as stop:
-        runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=run_dir, plot=False)
+        runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=run_dir)
     message = str(stop.value)
     assert isinstance(stop.value, SystemExit) and "\n" not in message
     assert f"disk full: could not write the checkpoint of chunk 2 to {run_dir.absolute() / 'checkpoints'}" in message
     assert "bytes (uncompressed)" in message and "bytes are free" in message
     assert f"the previous checkpoint (chunk 1) is intact: `--resume {run_dir}`" in message
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", save)  # space is back
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=run_dir, plot=False)
+    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=run_dir)
     assert "is damaged" not in capsys.readouterr().out
     assert_same_rows(rundir.read_all_metrics(run_dir), rundir.read_all_metrics(whole))
 

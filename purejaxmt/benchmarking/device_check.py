@@ -98,7 +98,7 @@ def preset_run(check: PresetRun, run_dir: Path) -> dict[str, Any]:
 
     start = time.perf_counter()
     runner.run(check.experiment, check.agent_module, check.preset.agent, check.preset.loop, run_config, env=env,
-               run_dir=run_dir, preset=check.preset_name, progress_fn=progress, plot=False)
+               run_dir=run_dir, preset=check.preset_name, progress_fn=progress)
     wall_s = time.perf_counter() - start
     stats = device_memory() or {}
     measured = max(in_use) if in_use else None
