@@ -337,12 +337,23 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
 
     previous_hook = sys.excepthook
 
+    def beat_of(peer: int) -> str | None:
+        try:
+            return _try_get(client, f"purejaxmt/alive/{peer}")
+        except Exception:  # noqa: BLE001 - the coordination service itself is gone
+            return None
+
     def on_uncaught(kind: type, value: BaseException, trace: Any) -> None:
         raised = time.monotonic()
+        beats_then = {peer: beat_of(peer) for peer in heard}
         while time.monotonic() - raised < timeout + 5 * interval:  # the watch thread exits here on a loss
             if all(peer in done or when > raised for peer, (_, when) in heard.items()):
                 break  # every peer beat after the error: not a loss
             time.sleep(interval / 5)
+        else:  # the watch thread said nothing (a loaded machine can starve it): read the peers' beats here
+            silent = [peer for peer in heard if peer not in done and beat_of(peer) == beats_then[peer]]
+            if silent:  # no beat for longer than `timeout`: lost, and JAX's shutdown barrier would abort
+                stop(f"process {silent[0]} was lost (no heartbeat for {timeout:.0f} s)")
         previous_hook(kind, value, trace)
 
     sys.excepthook = on_uncaught
