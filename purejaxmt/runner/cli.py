@@ -297,9 +297,33 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
     resume = _peek_flag(argv, "--resume") or _peek_flag(argv, "--run-dir") or "<its run or study dir>"
     exiting = threading.Event()
 
+    def beat_of(peer: int) -> str | None:
+        try:
+            return _try_get(client, f"purejaxmt/alive/{peer}")
+        except Exception:  # noqa: BLE001 - the coordination service itself is gone
+            return None
+
     def at_exit() -> None:  # registered after JAX's own shutdown hook, so it runs before it
-        exiting.set()  # from here on a silent peer or a closed service is the job ending, not a loss
         _quietly(lambda: client.key_value_set(f"purejaxmt/done/{me}", "1", True))
+        # JAX's shutdown barrier aborts with a C++ trace when a peer is gone: before it, every peer must have
+        # ended too or beat again; one silent for longer than `timeout` was lost, and this process says so.
+        beats_then = {peer: beat_of(peer) for peer in heard}
+        waiting_since = time.monotonic()
+        while time.monotonic() - waiting_since < timeout + 5 * interval:
+            if all(peer in done or _try_done(peer) or beat_of(peer) != beats_then[peer] for peer in heard):
+                break
+            time.sleep(interval / 5)
+        else:
+            silent = [peer for peer in heard if not _try_done(peer) and beat_of(peer) == beats_then[peer]]
+            if silent:
+                stop(f"process {silent[0]} was lost (no heartbeat for {timeout:.0f} s)")
+        exiting.set()  # from here on a silent peer or a closed service is the job ending, not a loss
+
+    def _try_done(peer: int) -> bool:
+        try:
+            return _try_get(client, f"purejaxmt/done/{peer}") is not None
+        except Exception:  # noqa: BLE001 - the coordination service itself is gone
+            return False
 
     atexit.register(at_exit)
 
@@ -336,12 +360,6 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
             time.sleep(interval)
 
     previous_hook = sys.excepthook
-
-    def beat_of(peer: int) -> str | None:
-        try:
-            return _try_get(client, f"purejaxmt/alive/{peer}")
-        except Exception:  # noqa: BLE001 - the coordination service itself is gone
-            return None
 
     def on_uncaught(kind: type, value: BaseException, trace: Any) -> None:
         raised = time.monotonic()
