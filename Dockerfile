@@ -6,7 +6,7 @@
 FROM python:3.11-slim
 
 ARG ACCELERATOR=cuda
-# MUJOCO_GL=egl: MuJoCo renders headless (videos, purejaxmt.render) with NVIDIA's EGL where the container runtime
+# MUJOCO_GL=egl: MuJoCo renders headless (videos, purejaxmt.report.render) with NVIDIA's EGL where the container runtime
 # mounts it (the "graphics" driver capability), else with Mesa's software EGL (libegl-mesa0, libgl1-mesa-dri).
 ENV PYTHONUNBUFFERED=1 \
     MUJOCO_GL=egl \

@@ -1,5 +1,5 @@
 """The report of an ablation sweep: final-score table with 95% bootstrap CIs (IQM over seeds), probabilities of
-improvement and learning curves (purejaxmt.ablation says how each number is made).
+improvement and learning curves (purejaxmt.report.ablation says how each number is made).
 
     python experiments/ablate.py runs/sweeps/critic_loss/20261101-120000                 # every setting vs the first
     python experiments/ablate.py SWEEP_DIR --last-k 3                                    # final = mean of last 3 evals
@@ -19,7 +19,7 @@ from typing import Annotated
 
 import tyro
 
-from purejaxmt import ablation, stats
+from purejaxmt.report import ablation, stats
 from purejaxmt.runner.usage import usage_errors
 
 

@@ -87,7 +87,7 @@ def build(args: Args) -> tuple[Any, brc.Config, offpolicy.LoopConfig]:
     loop = offpolicy.LoopConfig(batch_size=args.batch_size, envs_per_task=args.envs_per_task,
                                 updates_per_step=args.updates_per_step, replay_capacity=args.replay_capacity,
                                 random_steps=0, steps_per_chunk=steps, total_steps=1000 * steps)
-    return offpolicy.make(brc, config, loop, env), config, loop
+    return offpolicy.make(brc.AGENT_SPEC, config, loop, env), config, loop
 
 
 def bench_runs(program: offpolicy.Program, args: Args, options: dict[str, int]) -> list[dict[str, Any]]:
@@ -117,7 +117,7 @@ def sweep_hypers(config: brc.Config, loop: offpolicy.LoopConfig, args: Args
     """The sweep's runs, settings outer and seeds inner: (learning rate, seed) of each, their keys and settings."""
     runs = [(lr, args.seed + i) for lr in args.learning_rates for i in range(args.sweep_seeds)]
     keys = jnp.stack([jax.random.PRNGKey(seed) for _, seed in runs])
-    hypers = [offpolicy.hyper_of(brc, dataclasses.replace(config, learning_rate=lr), loop) for lr, _ in runs]
+    hypers = [offpolicy.hyper_of(brc.AGENT_SPEC, dataclasses.replace(config, learning_rate=lr), loop) for lr, _ in runs]
     return runs, keys, hypers
 
 

@@ -18,7 +18,8 @@ from typing import Annotated
 
 import tyro
 
-from purejaxmt import envs, plotting
+from purejaxmt import envs
+from purejaxmt.report import plotting
 from purejaxmt.runner import rundir
 from purejaxmt.runner.usage import usage_errors
 

@@ -11,7 +11,7 @@
 Games: Breakout, Asterix, Freeway and SpaceInvaders (the task set `minatar`), Gymnax's full 6-action set, observations
 `uint8 [10, 10, 7]` (channels zero-padded). Writes runs/minatar_mt/<timestamp>/{config.json, metrics.jsonl,
 checkpoints/, plots/}. Any field of the configs can be overridden, e.g. `--agent.critic-width 1024`; `--help` lists
-them all. `--single-task-baselines` trains one agent per game into `<run dir>/<game>/` (purejaxmt.runner.baselines).
+them all. `--single-task-baselines` trains one agent per game into `<run dir>/<game>/` (purejaxmt.studies.baselines).
 Note: Gymnax's MinAtar has no sticky actions (`--run.sticky-actions 0.1` adds the original's) and cuts episodes at
 1000 steps (Freeway 2500); compare with the original MinAtar's numbers with that in mind
 (purejaxmt/envs/gymnax_tasks.py).
@@ -19,11 +19,11 @@ Note: Gymnax's MinAtar has no sticky actions (`--run.sticky-actions 0.1` adds th
 
 import dataclasses
 
-from purejaxmt import runner
+from purejaxmt import cli, runner
 from purejaxmt.agents import brc_discrete
 from purejaxmt.offpolicy import LoopConfig
 
-EXPERIMENT, AGENT = "minatar_mt", brc_discrete
+EXPERIMENT, AGENT = "minatar_mt", brc_discrete.AGENT_SPEC
 PAPER = brc_discrete.Config(compute_dtype="bfloat16")  # BRC.md: W=4096 trunk, 101 atoms
 PAPER_LOOP = LoopConfig()                              # batch 1024, 2 updates per step, 1M env steps per game
 
@@ -102,4 +102,4 @@ PRESETS = {
 
 if __name__ == "__main__":
     with runner.usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
-        runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)
+        cli.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)

@@ -21,11 +21,11 @@ end only at the 1000-step limit or on a non-finite state); compare with dm_contr
 
 import dataclasses
 
-from purejaxmt import runner
+from purejaxmt import cli, runner
 from purejaxmt.agents import brc
 from purejaxmt.offpolicy import LoopConfig
 
-EXPERIMENT, AGENT = "mjx_humanoid_mt", brc
+EXPERIMENT, AGENT = "mjx_humanoid_mt", brc.AGENT_SPEC
 PAPER = brc.Config(compute_dtype="bfloat16")  # BRC.md defaults: W=4096 critic
 PAPER_LOOP = LoopConfig()                     # batch 1024, 2 updates per step, 1M env steps per task
 
@@ -138,4 +138,4 @@ PRESETS = {
 
 if __name__ == "__main__":
     with runner.usage_errors():  # a bad flag or value: one framed line and status 2, not a traceback
-        runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)
+        cli.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)

@@ -6,13 +6,13 @@
 
 Writes RUN_DIR/videos/<task>_return-<R>.mp4 (`_run-<i>` in the name where the run dir holds several runs), R the
 undiscounted return of the steps shown; a video stops at its episode's end. MJX tasks are drawn with MuJoCo's own
-renderer (headless: EGL, else OSMesa; purejaxmt.render sets MUJOCO_GL when it is unset, which it must be before MuJoCo
-is imported, so this script imports purejaxmt.render first), MinAtar games as their coloured grid.
+renderer (headless: EGL, else OSMesa; purejaxmt.report.render sets MUJOCO_GL when it is unset, which it must be
+before MuJoCo is imported, so this script imports purejaxmt.report.render first), MinAtar games as their coloured grid.
 """
 
 from __future__ import annotations
 
-from purejaxmt import render  # first: it sets MUJOCO_GL before anything imports MuJoCo  # isort: skip
+from purejaxmt.report import render  # first: it sets MUJOCO_GL before anything imports MuJoCo  # isort: skip
 
 import dataclasses
 from pathlib import Path

@@ -7,9 +7,9 @@
 
 1. The source run: an ordinary multi-task run on the source tasks (`OUT/source/`, skipped with `--source`).
 2. The transfer run (`OUT/transfer/`): the source tasks followed by the targets, one vmapped program whose runs are
-   the modes x seeds (`purejaxmt.transfer`): `embedding` (only the new tasks' embedding rows learn), `all` (the source
-   agent fine-tunes), `scratch` (random init, the baseline). Seed i of each mode starts from source seed i (modulo the
-   source's seeds), with the same env and replay randomness as the other modes' seed i.
+   the modes x seeds (`purejaxmt.studies.transfer`): `embedding` (only the new tasks' embedding rows learn), `all`
+   (the source agent fine-tunes), `scratch` (random init, the baseline). Seed i of each mode starts from source
+   seed i (modulo the source's seeds), with the same env and replay randomness as the other modes' seed i.
 3. The report: `OUT/transfer.md` (+ `.json`, `plots/`): per target task the IQM of the final eval returns over seeds
    with 95% bootstrap intervals, P(mode > scratch), learning curves; `OUT/retention/` the same on the source tasks
    during the transfer run (what fine-tuning does to the tasks the agent knew).
@@ -19,31 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import sys
 from pathlib import Path
 
-import jax
 import tyro
 
-from purejaxmt import ablation, envs, offpolicy, runner, transfer
+from purejaxmt import runner
 from purejaxmt.agents import brc
 from purejaxmt.offpolicy import LoopConfig
-from purejaxmt.runner import loop, saved, study
-from purejaxmt.runner.config import make_env
+from purejaxmt.runner import saved, study
+from purejaxmt.studies import transfer
+from purejaxmt.studies.transfer import TransferPreset
 
-EXPERIMENT, AGENT = "transfer", brc
-
-
-@dataclasses.dataclass(frozen=True)
-class TransferPreset:
-    source: runner.Preset
-    """The source run (its `run.tasks` are the source tasks, `run.seeds` its seeds)."""
-    targets: str
-    """Comma-separated new tasks."""
-    loop: LoopConfig
-    """The transfer run's loop (the agent is the source's)."""
-    description: str = ""
+EXPERIMENT, AGENT = transfer.EXPERIMENT, transfer.AGENT
 
 
 CPU_AGENT = brc.Config(critic_width=256, critic_depth=1, actor_width=128)
@@ -115,36 +103,23 @@ class Args:
     """Env steps per task of the transfer run (default: the preset's)."""
 
 
-def _saved_args(out: Path) -> dict:
-    """The arguments a transfer study was started with: its index's plan (or, in a dir from before studies, its
-    transfer_args.json)."""
-    if (out / study.INDEX).is_file():
-        index = json.loads((out / study.INDEX).read_text())
-        study.check_kind(out, index, "transfer")
-        return index["plan"]["args"]
-    if (out / "transfer_args.json").is_file():
-        return json.loads((out / "transfer_args.json").read_text())
-    raise SystemExit(f"cannot resume {out}: no {study.INDEX} (is it an experiments/transfer.py dir?)")
-
-
 def main(args: Args, given: tuple[str, ...] = ()) -> Path:
-    """The study: the source run (unless `--source`), then the transfer run, each by the study's member rule, then
-    the report. `given`: the flags of the command line, checked against what a resume may change."""
+    """The transfer study of `args` (`purejaxmt.studies.transfer.run_transfer`). `given`: the flags of the command
+    line, checked against what a resume may change."""
     if args.resume is not None:
         out = Path(args.resume)
         wrong = [flag for flag in given if flag not in ("--resume", "--help")]
         if wrong:
             raise SystemExit(f"--resume {out}: {', '.join(wrong)} cannot change a resumed transfer study (it would no "
                              f"longer be the one it continues; everything comes from {out}/{study.INDEX})")
-        saved_args = _saved_args(out)
+        saved_args = transfer.saved_args(out)
         args = Args(**{**saved_args, "source": saved_args.get("source") and Path(saved_args["source"]), "resume": out,
                        "out": out})
     if args.preset not in PRESETS:
         raise SystemExit(f"unknown --preset {args.preset!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[args.preset]
-    targets = envs.resolve(preset.targets)
     out = Path(args.out) if args.out is not None else \
-        Path("runs") / EXPERIMENT / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        Path("runs") / transfer.EXPERIMENT / datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     if args.resume is None:
         if out.exists():
             raise SystemExit(f"{out} exists: runs are never overwritten (use --resume {out} to continue it)")
@@ -156,73 +131,9 @@ def main(args: Args, given: tuple[str, ...] = ()) -> Path:
     source_loop = preset.source.loop if args.source_steps is None else \
         dataclasses.replace(preset.source.loop, total_steps=args.source_steps)
     loop_config = preset.loop if args.steps is None else dataclasses.replace(preset.loop, total_steps=args.steps)
-    source_dir = out / "source" if args.source is None else Path(args.source)
-    runs: list[loop.RunSpec] = []
-
-    def train_source(run_dir: Path | None, resume: Path | None) -> None:
-        loop.run(f"{EXPERIMENT}_source", AGENT, preset.source.agent, source_loop, preset.source.run,
-                 preset=args.preset, run_dir=run_dir, resume=resume)
-
-    def train_transfer(run_dir: Path | None, resume: Path | None) -> None:
-        # Built here, after the source run finished: the modes x seeds of one program, started from the source.
-        source = _source(source_dir)
-        tasks = transfer.task_set(source.task_names, targets)
-        agent_config = transfer.agent_config(source.agent_config, source.task_names, tasks)
-        seeds = args.seeds or source.num_runs
-        run_config = dataclasses.replace(source.run_config, tasks=",".join(tasks), seeds=len(transfer.MODES) * seeds)
-        env = make_env(run_config)
-        agent = AGENT.Agent(agent_config, env.spec)
-        template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), AGENT.Hyper.from_config(agent_config))
-        for mode in transfer.MODES:
-            hyper = offpolicy.hyper_of(
-                AGENT, transfer.agent_config(source.agent_config, source.task_names, tasks, mode), loop_config)
-            for seed in range(seeds):
-                # A resume restores every learner from the transfer run's checkpoint: the source is not read again.
-                learner = None if mode == "scratch" or resume is not None else transfer.grow(
-                    source.learner(seed % source.num_runs), template, source.task_names, tasks, source_dir)
-                runs.append(loop.RunSpec(seed=run_config.seed + seed, hyper=hyper, learner=learner,
-                                         labels={"run": f"{mode}/seed-{seed}", "setting": mode}))
-        loop.run(EXPERIMENT, AGENT, agent_config, loop_config, run_config, env=env, runs=runs, preset=args.preset,
-                 run_dir=run_dir, resume=resume,
-                 record_extra={"transfer": {"source": str(source_dir), "modes": list(transfer.MODES)}})
-
-    members = ([study.Member("source", source_loop.num_chunks, train_source)] if args.source is None else []) + \
-        [study.Member("transfer", loop_config.num_chunks, train_transfer)]
-    study.open_study(out, "transfer", {"experiment": EXPERIMENT, "preset": args.preset, "argv": list(given)},
-                     {"args": recorded}, members, resume=args.resume is not None)
-    if not study.run_study(out, members):
-        return out
-    source = _source(source_dir)
-    if not runs:  # the transfer run was finished before: its run entries, as it named them
-        seeds = args.seeds or source.num_runs
-        runs = [loop.RunSpec(seed=source.run_config.seed + seed, labels={"run": f"{mode}/seed-{seed}",
-                                                                           "setting": mode})
-                for mode in transfer.MODES for seed in range(seeds)]
-
-    # 3. The report: targets, and retention on the source tasks.
-    rows = ablation.run_rows(out / "transfer", "run")
-    spec = {"experiment": EXPERIMENT, "agent_module": AGENT.__name__, "preset": args.preset,
-            "sweep": [f"source: {source_dir} ({', '.join(source.task_names)})", f"targets: {', '.join(targets)}",
-                      "modes: scratch (random init), embedding (only the new rows learn), all (fine-tune)"]}
-    run_entries = [{"name": spec_.labels["run"], "setting": spec_.labels["setting"], "seed": spec_.seed}
-                   for spec_ in runs]
-    report = ablation.write_report(ablation.Sweep(out, spec, list(transfer.MODES), list(targets), run_entries, rows))
-    report = report.rename(out / "transfer.md")
-    (out / "ablation.json").rename(out / "transfer.json")
-    (out / "retention").mkdir(exist_ok=True)
-    ablation.write_report(ablation.Sweep(out / "retention", spec, list(transfer.MODES), list(source.task_names),
-                                         run_entries, rows))
-    print(report.read_text())
-    print(f"[transfer] done: {report} (retention on the source tasks: {out / 'retention' / 'ablation.md'})")
-    return out
-
-
-def _source(source_dir: Path) -> saved.SavedRun:
-    source = saved.load(source_dir)
-    if source.agent_module is not AGENT:
-        raise SystemExit(f"{source_dir} is a run of {source.record['agent_module']}; transfer needs a "
-                         f"{AGENT.__name__} run")
-    return source
+    return transfer.run_transfer(out, args.preset, preset, source_dir=args.source, seeds=args.seeds,
+                                 source_loop=source_loop, loop_config=loop_config, recorded=recorded, argv=given,
+                                 resume=args.resume is not None)
 
 
 if __name__ == "__main__":

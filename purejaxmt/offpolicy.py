@@ -1,9 +1,9 @@
 """The off-policy loop, written once for every agent: act, step, store, normalise, n-step, update, evaluate.
 
-`make(agent_module, agent_config, loop_config, env)` builds the agent's networks once, closes over them and the env
+`make(agent_spec, agent_config, loop_config, env)` builds the agent's networks once, closes over them and the env
 (PureJaxRL's `make_train`), and returns a `Program` of pure, jittable functions:
 
-    program = offpolicy.make(brc, brc.Config(), LoopConfig(), envs.make("humanoid"))
+    program = offpolicy.make(brc.AGENT_SPEC, brc.Config(), LoopConfig(), envs.make("humanoid"))
     state = program.init(key, program.hyper)            # a RunState: arrays only, no static fields
     state, metrics = program.train_chunk(state)         # `iterations_per_chunk` iterations in one lax.scan
     evaluation = program.evaluate(state, key)           # fresh episodes, the evaluation policy
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any, ClassVar, NamedTuple
 
 import chex
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from purejaxmt import chunk_metrics, normalize, replay
+from purejaxmt.agents import AgentSpec
 
 Metrics = dict[str, jax.Array]
 
@@ -164,12 +164,12 @@ class Program(NamedTuple):
     agent: Any
 
 
-def hyper_of(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig) -> Hyper:
+def hyper_of(agent_spec: AgentSpec, agent_config: Any, loop_config: LoopConfig) -> Hyper:
     """The settings of these configs that are data. Stack several to vmap runs:
     `jax.tree.map(lambda *xs: jnp.stack(xs), h1, h2)`."""
     return Hyper(gamma=jnp.asarray(loop_config.gamma, jnp.float32),
                  normalize_rewards=jnp.asarray(loop_config.normalize_rewards, bool),
-                 agent=agent_module.Hyper.from_config(agent_config))
+                 agent=agent_spec.hyper_type.from_config(agent_config))
 
 
 def replay_example(spec: Any, compact_obs: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
@@ -260,10 +260,10 @@ def evaluation_rollout(env: Any, agent: Any, learner: Any, agent_hyper: Any, key
     return returns, seen
 
 
-def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, env: Any) -> Program:
-    """The `Program` of `agent_module` (with `Config`, `Hyper` and `Agent(config, spec)`) on `env`."""
+def make(agent_spec: AgentSpec, agent_config: Any, loop_config: LoopConfig, env: Any) -> Program:
+    """The `Program` of the agent `agent_spec` describes, with `agent_config`, on `env`."""
     spec = env.spec
-    agent = agent_module.Agent(agent_config, spec)
+    agent = agent_spec.make_agent(agent_config, spec)
     num_tasks, num_envs = spec.num_tasks, loop_config.envs_per_task
     if loop_config.batch_size < num_tasks:
         raise ValueError(f"batch_size={loop_config.batch_size} is smaller than the number of tasks {num_tasks}: "
@@ -352,7 +352,7 @@ def make(agent_module: ModuleType, agent_config: Any, loop_config: LoopConfig, e
         return {"return": returns.mean(axis=1), "return_std": returns.std(axis=1)}
 
     return Program(init=init, train_chunk=train_chunk, evaluate=evaluate, update=update_many,
-                   hyper=hyper_of(agent_module, agent_config, loop_config),
+                   hyper=hyper_of(agent_spec, agent_config, loop_config),
                    replay_nbytes=replay.nbytes(example, loop_config.replay_capacity, num_envs, final_capacity),
                    loop_config=loop_config,
                    task_names=tuple(spec.task_names), agent=agent)

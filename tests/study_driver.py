@@ -1,4 +1,4 @@
-"""tests/sweep_driver.py's tiny BRC presets as an ordinary experiment script (`runner.main`: a run, a sweep or
+"""tests/sweep_driver.py's tiny BRC presets as an ordinary experiment script (`cli.main`: a run, a sweep or
 single-task baselines, `--resume DIR` alone), for the fault tests that kill it with SIGKILL:
 `python tests/study_driver.py [command-line flags]`."""
 
@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sweep_driver, beside
 
 from sweep_driver import EXPERIMENT, PRESETS  # noqa: E402
 
-from purejaxmt import runner  # noqa: E402
+from purejaxmt import cli  # noqa: E402
 from purejaxmt.agents import brc  # noqa: E402
 
 if __name__ == "__main__":
-    runner.main(EXPERIMENT, brc, PRESETS)
+    cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS)

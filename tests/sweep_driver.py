@@ -11,9 +11,10 @@ import sys
 
 import jax
 
-from purejaxmt import offpolicy, runner
+from purejaxmt import cli, offpolicy, runner
 from purejaxmt.agents import brc
-from purejaxmt.runner import cli, sweep
+from purejaxmt.runner import peers
+from purejaxmt.studies import sweep
 
 EXPERIMENT = "tiny"
 AGENT = brc.Config(critic_width=32, critic_depth=1, actor_width=16, num_bins=21)
@@ -25,8 +26,8 @@ PRESETS = {"tiny": runner.Preset(agent=AGENT, loop=LOOP, run=RUN, description="a
 
 
 def main(argv: list[str]) -> None:
-    cli.initialize_distributed(argv)
-    cli.enable_compilation_cache()
+    peers.initialize_distributed(argv)
+    runner.enable_compilation_cache()
     command = cli.parse_command(PRESETS, argv)
     stop_at = int(os.environ.get("SWEEP_STOP_AT_CHUNK", "0"))
     stopper = int(os.environ.get("SWEEP_STOPPING_PROCESS", "0"))
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
     def progress(chunk: int, rows: list[dict]) -> bool:
         return not (stop_at and chunk >= stop_at and jax.process_index() == stopper)
 
-    sweep.run_sweep(EXPERIMENT, brc, command, report=False, progress_fn=progress)
+    sweep.run_sweep(EXPERIMENT, brc.AGENT_SPEC, command, report=False, progress_fn=progress)
 
 
 if __name__ == "__main__":

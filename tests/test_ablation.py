@@ -1,4 +1,4 @@
-"""purejaxmt.ablation and experiments/ablate.py on a sweep dir written here: 2 settings x 3 seeds x 2 tasks, the
+"""purejaxmt.report.ablation and experiments/ablate.py on a sweep dir written here: 2 settings x 3 seeds x 2 tasks, the
 second setting better by construction, program-0's rows split over metrics.jsonl and metrics.process-1.jsonl."""
 
 import importlib.util
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from purejaxmt import ablation
+from purejaxmt.report import ablation
 
 TASKS = ["cartpole-swingup", "walker-walk"]
 BASELINE, BETTER = "critic_loss=mse", "critic_loss=categorical"

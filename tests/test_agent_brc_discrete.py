@@ -372,7 +372,7 @@ def test_minatar_replay_keeps_compact_observations():
     loop = offpolicy.LoopConfig(replay_capacity=100, batch_size=4, random_steps=10, steps_per_chunk=10)
     example = offpolicy.replay_example(env.spec)
     assert example["obs"].dtype == example["next_obs"].dtype == jnp.uint8
-    program = offpolicy.make(brc_discrete, CONFIG, loop, env)
+    program = offpolicy.make(brc_discrete.AGENT_SPEC, CONFIG, loop, env)
     state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
     data, finals = state.replay.data, state.replay.finals  # each observation stored once (replay.py)
     assert data["obs"].dtype == finals.obs.dtype == finals.next_obs.dtype == jnp.uint8 and "next_obs" not in data
@@ -397,7 +397,7 @@ def test_learns_cartpole_within_a_small_budget(n_step):
     loop = offpolicy.LoopConfig(envs_per_task=4, replay_capacity=10_000, batch_size=64, updates_per_step=1,
                                 n_step=n_step, random_steps=1000, total_steps=5000, steps_per_chunk=1000,
                                 eval_episodes=8)
-    program = offpolicy.make(brc_discrete, config, loop, env)
+    program = offpolicy.make(brc_discrete.AGENT_SPEC, config, loop, env)
     state = program.init(jax.random.PRNGKey(0), program.hyper)  # op by op: see make_learner
     train_chunk = jax.jit(program.train_chunk, donate_argnums=0)
     state, metrics = train_chunk(state)

@@ -230,7 +230,7 @@ def two_task_env():
 def test_the_loop_builds_with_each_switch(two_task_env, critic_loss, task_conditioning):
     """init, train_chunk and evaluate trace (shapes only, nothing compiled or run) on a two-task env."""
     config = dataclasses.replace(CONFIG, critic_loss=critic_loss, task_conditioning=task_conditioning)
-    program = offpolicy.make(brc, config, LOOP, two_task_env)
+    program = offpolicy.make(brc.AGENT_SPEC, config, LOOP, two_task_env)
     state = jax.eval_shape(program.init, jax.random.PRNGKey(0), program.hyper)
     state_after, metrics = jax.eval_shape(program.train_chunk, state)
     jax.tree.map(lambda a, b: np.testing.assert_equal((a.shape, a.dtype), (b.shape, b.dtype)), state_after, state)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_presets import SCRIPTS
 
-from purejaxmt import plotting
+from purejaxmt.report import plotting
 
 
 def fake_run(path, tasks: str, preset: str, rows: list[dict]):

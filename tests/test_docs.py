@@ -5,8 +5,8 @@ parses with its script's own parser, nothing run:
 - a script with its own tyro `Args` (ablate, compare, render, benchmark, bench_runs, transfer): `tyro.cli(Args)`, and
   a preset it names must be one its tests trace (transfer's: tests/test_transfer.py);
 - a script with an argparse `make_parser()` (bench_projection): that parser;
-- a runner experiment (`PRESETS` of `runner.Preset`): `runner.parse_command`, then the sweep's settings and programs
-  (`runner.sweep`); the command's preset and every one of its tasks must be among those tests/test_presets.py traces
+- a runner experiment (`PRESETS` of `runner.Preset`): `cli.parse_command`, then the sweep's settings and programs
+  (`studies.sweep`); the command's preset and every one of its tasks must be among those tests/test_presets.py traces
   for that script, so a doc cannot name a preset or task no test has traced.
 
 Placeholders: a `--resume` value of a runner experiment must be a run directory (the parser reads its config.json),
@@ -29,10 +29,11 @@ import test_presets  # the scripts as loaded there (`SCRIPTS`) and the traced (s
 import test_transfer
 import tyro
 
-from purejaxmt import envs, runner
+from purejaxmt import cli, envs, runner
 from purejaxmt.benchmarking import context as benchmarking_context
 from purejaxmt.benchmarking import device_check
-from purejaxmt.runner import rundir, sweep
+from purejaxmt.runner import rundir
+from purejaxmt.studies import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -233,7 +234,7 @@ def test_documented_command_parses(where, argv, tmp_path_factory):
         resume = str(_resume_dir(tmp_path_factory, script))
         args = [f"--resume={resume}" if arg.startswith("--resume=") else arg for arg in args]
         args = [resume if i and args[i - 1] == "--resume" else arg for i, arg in enumerate(args)]
-    command = _parse(where, argv[0], args, lambda a: runner.parse_command(module.PRESETS, a))
+    command = _parse(where, argv[0], args, lambda a: cli.parse_command(module.PRESETS, a))
     if command is None:
         return
     assert (script, command.preset) in test_presets.CASES, (

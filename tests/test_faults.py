@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from sweep_driver import EXPERIMENT, PRESETS
 
+from purejaxmt import cli
 from purejaxmt.agents import brc
-from purejaxmt.runner import cli, rundir, study, sweep
+from purejaxmt.runner import peers, rundir, study
+from purejaxmt.studies import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "study_driver.py"
@@ -58,7 +60,7 @@ def rows_by_run(directory: Path) -> dict[tuple[str, str, int], dict]:
 
 def test_two_process_sweep_killed_anywhere_resumes_from_its_directory_alone(tmp_path):
     sweep_args = ["--preset", "tiny", "--sweep", "agent.critic_width=32,48"]
-    expected = rows_by_run(sweep.run_sweep(EXPERIMENT, brc, cli.parse_command(
+    expected = rows_by_run(sweep.run_sweep(EXPERIMENT, brc.AGENT_SPEC, cli.parse_command(
         PRESETS, [*sweep_args, "--run-dir", str(tmp_path / "whole")]), report=False))
     root = tmp_path / "killed"
 
@@ -85,7 +87,7 @@ def test_two_process_sweep_killed_anywhere_resumes_from_its_directory_alone(tmp_
     assert processes[1].wait_for("program-1 chunk 2", timeout=300), "".join(processes[1].output)[-3000:]
     processes[1].process.kill()
     processes[1].finish(timeout=60)
-    assert processes[0].finish(timeout=120) == cli.LOST_PEER_EXIT, "".join(processes[0].output)[-3000:]
+    assert processes[0].finish(timeout=120) == peers.LOST_PEER_EXIT, "".join(processes[0].output)[-3000:]
     survivor = "".join(processes[0].output)
     assert "process 0 of 2: process 1 was lost" in survivor and f"--resume {root}" in survivor, survivor[-2000:]
     assert "Check failed" not in survivor and "Aborted" not in survivor, survivor[-2000:]
@@ -120,13 +122,13 @@ def test_fault_tool_finds_single_task_baselines_identical_after_kills(tmp_path, 
 def test_a_run_with_overrides_resumes_from_its_directory_alone(tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = ["--preset", "tiny", "--seeds", "1", "--agent.learning-rate", "0.001", "--run.train-minutes", "1e-6"]
-    cli.main(EXPERIMENT, brc, PRESETS, argv=[*argv, "--run-dir", str(run_dir)])  # the budget stops it after chunk 1
+    cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=[*argv, "--run-dir", str(run_dir)])  # stops after chunk 1
     assert rundir.last_logged_chunk(run_dir) == 1
     with pytest.raises(SystemExit, match="--agent.tau cannot change a resumed run"):
-        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(run_dir), "--agent.tau", "0.01"])
-    cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(run_dir)])  # the saved budget stops it again
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(run_dir), "--agent.tau", "0.01"])
+    cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(run_dir)])  # the saved budget stops it again
     assert rundir.last_logged_chunk(run_dir) == 2
-    cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(run_dir), "--run.train-minutes", "60"])
+    cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(run_dir), "--run.train-minutes", "60"])
     assert [row["chunk"] for row in rundir.read_all_metrics(run_dir)] == [1, 2, 3]
     saved = rundir.load_saved_config(run_dir)
     assert saved["agent"]["learning_rate"] == 0.001 and saved["run"]["seeds"] == 1
@@ -140,14 +142,14 @@ def test_a_run_with_overrides_resumes_from_its_directory_alone(tmp_path, capsys)
     old.mkdir()
     (old / "config.json").write_text(json.dumps({**saved, "single_task_baselines": ["Pendulum-v1"]}))
     with pytest.raises(SystemExit, match="written before studies"):
-        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(old)])
     (old / "config.json").write_text(json.dumps({**saved, "setting": "base", "program": "program-0"}))
     with pytest.raises(SystemExit, match="a sweep's record of one run"):
-        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(old)])
     assert (old / "config.json").is_file()  # refused, not cleared as a run started without a checkpoint
     (old / "config.json").write_text(json.dumps({**saved, "experiment": "minatar_mt"}))
     with pytest.raises(SystemExit, match="made by experiment 'minatar_mt'"):
-        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(old)])
     (old / "config.json").write_text(json.dumps({**saved, "agent": {**saved["agent"], "new_field": 1}}))
     with pytest.raises(SystemExit, match=r"agent fields \['new_field'\] that this purejaxmt"):
-        cli.main(EXPERIMENT, brc, PRESETS, argv=["--resume", str(old)])
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(old)])

@@ -13,10 +13,9 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_no_import_circles():
-    """`purejaxmt` imports form no cycle, counting imports inside functions too (a lazy import that closes a circle
-    is still a circle): the after-run side (plotting, render, ablation) reads run directories through the runner's
-    reader, and nothing in the runner imports it back at module level."""
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the `purejaxmt` modules it imports, counting imports inside functions too (a lazy import that closes
+    a circle is still a circle)."""
     import ast
 
     package = ROOT / "purejaxmt"
@@ -33,6 +32,35 @@ def test_no_import_circles():
         # Importing a package's submodule imports the package: count the edge to the module itself only.
         graph[name] = {target for target in targets if target in modules and target != name
                        and not name.startswith(target + ".")}
+    return graph
+
+
+# The layout, from the top: the command line; the studies (plans over runs); the after-run report (read-only over
+# run directories); the benchmark; the training side (runner); the method and its loop. No layer imports one above it.
+ABOVE = {
+    "purejaxmt.studies": ("purejaxmt.cli",),
+    "purejaxmt.report": ("purejaxmt.cli", "purejaxmt.studies"),
+    "purejaxmt.benchmarking": ("purejaxmt.cli", "purejaxmt.studies"),
+    "purejaxmt.runner": ("purejaxmt.cli", "purejaxmt.studies", "purejaxmt.report", "purejaxmt.benchmarking"),
+    "purejaxmt.agents": ("purejaxmt.cli", "purejaxmt.studies", "purejaxmt.report", "purejaxmt.benchmarking",
+                         "purejaxmt.runner"),
+    "purejaxmt.envs": ("purejaxmt.cli", "purejaxmt.studies", "purejaxmt.report", "purejaxmt.benchmarking",
+                       "purejaxmt.runner", "purejaxmt.agents", "purejaxmt.offpolicy"),
+}
+
+
+def test_no_layer_imports_one_above_it():
+    graph = _import_graph()
+    wrong = [f"{module} -> {target}" for module, targets in graph.items() for layer, above in ABOVE.items()
+             if module == layer or module.startswith(layer + ".")
+             for target in targets if any(target == up or target.startswith(up + ".") for up in above)]
+    assert not wrong, f"imports from a lower layer to a higher one: {wrong}"
+
+
+def test_no_import_circles():
+    """`purejaxmt` imports form no cycle: the after-run side (plotting, render, ablation) reads run directories
+    through the runner's reader, and nothing in the runner imports it back."""
+    graph = _import_graph()
     # The runner package's __init__ re-exports its modules for users; its members never import it.
     graph["purejaxmt.runner"] = set()
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from purejaxmt import offpolicy, runner
+from purejaxmt import cli, offpolicy, runner
 from purejaxmt.agents import brc
 from purejaxmt.runner import loggers, rundir
 
@@ -173,8 +173,8 @@ def test_command_line_logger_tensorboard_mirrors_every_metrics_row(tmp_path, mon
     monkeypatch.setenv("PUREJAXMT_CACHE_DIR", "")  # keep the test suite's compilation cache
     presets = {"tiny": runner.Preset(agent=AGENT, loop=LOOP, run=RUN)}
     argv = ["--preset", "tiny", "--run.logger", "tensorboard", "--run-dir", str(tmp_path / "run")]
-    assert runner.parse_command(presets, argv).run.logger == "tensorboard"
-    run_dir = runner.main("test", brc, presets, argv=argv)
+    assert cli.parse_command(presets, argv).run.logger == "tensorboard"
+    run_dir = cli.main("test", brc.AGENT_SPEC, presets, argv=argv)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((run_dir / "config.json").read_text())["run"]["logger"] == "tensorboard"
     for seed in (0, 1):
@@ -192,12 +192,13 @@ def test_command_line_logger_tensorboard_mirrors_every_metrics_row(tmp_path, mon
 def test_a_resume_may_change_how_a_run_is_watched_but_not_what_it_computes(tmp_path):
     """`logger` and `video` are not the run: a resume may turn them on or off (and a run dir written before they
     existed resumes); any other difference still stops the resume."""
-    record = rundir.config_record("e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(), "p")
+    record = rundir.config_record("e", brc.AGENT_SPEC, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(), "p")
     old = json.loads(json.dumps(record))
     del old["run"]["logger"], old["run"]["video"]  # as a run dir of the previous version has it
     (tmp_path / "config.json").write_text(json.dumps(old))
     rundir.check_resumable(tmp_path, rundir.config_record(
-        "e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(logger="tensorboard", video=True), "p"))
+        "e", brc.AGENT_SPEC, brc.Config(), offpolicy.LoopConfig(),
+        runner.RunConfig(logger="tensorboard", video=True), "p"))
     with pytest.raises(ValueError, match="run.seeds: saved 1, requested 2"):
         rundir.check_resumable(tmp_path, rundir.config_record(
-            "e", brc, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(seeds=2), "p"))
+            "e", brc.AGENT_SPEC, brc.Config(), offpolicy.LoopConfig(), runner.RunConfig(seeds=2), "p"))

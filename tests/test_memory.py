@@ -18,7 +18,8 @@ LOOP = offpolicy.LoopConfig(batch_size=512, envs_per_task=4, updates_per_step=1,
 
 @pytest.fixture(scope="module")
 def program():
-    return offpolicy.make(brc, AGENT, LOOP, envs.make("Pendulum-v1,MountainCarContinuous-v0", episode_length=25))
+    return offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, envs.make("Pendulum-v1,MountainCarContinuous-v0",
+                                                                 episode_length=25))
 
 
 def xla_bytes(compiled) -> int:

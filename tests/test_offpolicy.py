@@ -5,7 +5,7 @@ counters, n-step returns for continuous BRC, and reward normalisation switched o
 from __future__ import annotations
 
 import dataclasses
-import types
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -103,11 +103,9 @@ def test_loop_config_errors_name_the_bad_value():
     assert LOOP.iterations_per_chunk == 30 and LOOP.random_iterations == 10 and LOOP.num_chunks == 2
     assert dataclasses.replace(LOOP, random_steps=21).random_iterations == 11
     # make checks what needs the env: batches are task-balanced.
-    spec = EnvSpec(task_names=("a", "b"), obs_shape=(4,), obs_dtype=np.float32,
-                   action=ActionSpec(discrete=True, size=2, mask=np.ones((2, 2), bool)), episode_length=(10, 10))
     with pytest.raises(ValueError, match="batch_size=1 is smaller than the number of tasks 2"):
-        offpolicy.make(brc_discrete, brc_discrete.Config(), dataclasses.replace(LOOP, batch_size=1),
-                       types.SimpleNamespace(spec=spec))
+        offpolicy.make(brc_discrete.AGENT_SPEC, brc_discrete.Config(), dataclasses.replace(LOOP, batch_size=1),
+                       envs.make("CartPole-v1,Acrobot-v1"))
 
 
 # ---------------------------------------------------------------------------------------------- one program, many runs
@@ -129,11 +127,11 @@ class DiscountSpy(brc.Agent):
                          "raw_reward": batch["reward"].mean()}
 
 
-SPY = types.SimpleNamespace(Config=brc.Config, Hyper=brc.Hyper, Agent=DiscountSpy)
+SPY = dataclasses.replace(brc.AGENT_SPEC, make_agent=DiscountSpy)
 
 
 def hyper_with(learning_rate: float = LEARNING_RATES[0], **loop_changes) -> offpolicy.Hyper:
-    return offpolicy.hyper_of(brc, dataclasses.replace(AGENT_CONFIG, learning_rate=learning_rate),
+    return offpolicy.hyper_of(brc.AGENT_SPEC, dataclasses.replace(AGENT_CONFIG, learning_rate=learning_rate),
                               dataclasses.replace(LOOP, **loop_changes))
 
 
@@ -148,8 +146,16 @@ def row_of(state: offpolicy.RunState, row: int) -> offpolicy.RunState:
     return jax.tree.map(lambda x: x[row], state.replace(**{name: None for name in lockstep})).replace(**lockstep)
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    program: offpolicy.Program
+    train_chunk: Callable
+    key: jax.Array
+    runs: list  # (initial state, state after one chunk, its metrics) per learning rate
+
+
 @pytest.fixture(scope="module")
-def pendulum():
+def pendulum() -> Trained:
     """One Pendulum program, its jitted chunk (not donated: tests reuse states) and one single run per learning
     rate, all from the same key."""
     assert LOOP.gamma == GAMMA
@@ -163,7 +169,7 @@ def pendulum():
         initial = program.init(key, hyper_with(learning_rate))
         state, metrics = train_chunk(initial)
         runs.append((initial, state, metrics))
-    return types.SimpleNamespace(program=program, train_chunk=train_chunk, key=key, runs=runs)
+    return Trained(program=program, train_chunk=train_chunk, key=key, runs=runs)
 
 
 def test_one_program_runs_a_vmapped_batch_of_learning_rates(pendulum):
@@ -261,8 +267,8 @@ def test_the_observation_once_replay_reads_back_every_transition_of_real_envs(ta
     across the ring's wrap."""
     env, num_envs, capacity = envs.make(tasks, episode_length=episode_length), 3, 30
     example = offpolicy.replay_example(env.spec)
-    agent_module = brc_discrete if env.spec.action.discrete else brc
-    agent = agent_module.Agent(agent_module.Config(critic_width=8, critic_depth=1, embed_dim=4), env.spec)
+    agent_spec = brc_discrete.AGENT_SPEC if env.spec.action.discrete else brc.AGENT_SPEC
+    agent = agent_spec.make_agent(agent_spec.config_type(critic_width=8, critic_depth=1, embed_dim=4), env.spec)
 
     def step(env_state, key):
         env_state, transition = env.step(env_state, agent.random_action(key, num_envs))

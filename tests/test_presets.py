@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from purejaxmt import offpolicy, runner
-from purejaxmt.runner import sweep
+from purejaxmt.studies import sweep
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -125,9 +125,10 @@ def test_every_program_of_a_sweep_preset_traces(script, preset):
 
 # ---------------------------------------------------------------------------------------------- the reward scale
 def _reward_scale_cases():
-    """(name, agent module, agent config, loop config, run config) of every run a preset starts: the runner's
+    """(name, agent spec, agent config, loop config, run config) of every run a preset starts: the runner's
     presets, and both runs of each transfer preset (the source, and the transfer on the grown task set)."""
-    from purejaxmt import envs, transfer
+    from purejaxmt import envs
+    from purejaxmt.studies import transfer
 
     cases = [(f"{script}-{preset}", SCRIPTS[script].AGENT, SCRIPTS[script].PRESETS[preset].agent,
               SCRIPTS[script].PRESETS[preset].loop, SCRIPTS[script].PRESETS[preset].run) for script, preset in CASES]
@@ -145,9 +146,9 @@ def _reward_scale_cases():
 REWARD_SCALE_CASES = _reward_scale_cases()
 
 
-@pytest.mark.parametrize("name, agent_module, agent_config, loop_config, run_config", REWARD_SCALE_CASES,
+@pytest.mark.parametrize("name, agent_spec, agent_config, loop_config, run_config", REWARD_SCALE_CASES,
                          ids=[case[0] for case in REWARD_SCALE_CASES])
-def test_no_update_uses_an_undefined_reward_scale(name, agent_module, agent_config, loop_config, run_config):
+def test_no_update_uses_an_undefined_reward_scale(name, agent_spec, agent_config, loop_config, run_config):
     """Updates start after `random_steps`, and in several presets some task has not finished an episode by then
     (MinAtar's game-overs, Freeway's 2500-step episodes, the transfer `cpu` runs' 1000-step cartpoles after 500
     random steps per env). The reward scale the loop hands such an update is the authors' 0, for every task that has
@@ -161,8 +162,8 @@ def test_no_update_uses_an_undefined_reward_scale(name, agent_module, agent_conf
     num_tasks, envs_per_task = len(env.task_names), loop_config.envs_per_task
     narrow = dataclasses.replace(agent_config, critic_width=8, **(
         {"actor_width": 8} if hasattr(agent_config, "actor_width") else {"vector_encoder_width": 8}))
-    hyper = offpolicy.hyper_of(agent_module, narrow, loop_config)
-    agent = agent_module.Agent(narrow, env.spec)
+    hyper = offpolicy.hyper_of(agent_spec, narrow, loop_config)
+    agent = agent_spec.make_agent(narrow, env.spec)
     learner = agent.init(jax.random.PRNGKey(0), hyper.agent)
     correction = agent.reward_correction(learner, hyper.agent, hyper.gamma)
     assert bool(hyper.normalize_rewards), name  # the presets normalise (off, the scale is 1 by definition)

@@ -1,4 +1,4 @@
-"""purejaxmt.render and experiments/render.py (CPU, tiny): 20-frame videos of smoke checkpoints of one MJX task
+"""purejaxmt.report.render and experiments/render.py (CPU, tiny): 20-frame videos of smoke checkpoints of one MJX task
 (cartpole-balance, trained with `--run.video`, so the runner renders at its end) and one MinAtar game (Breakout),
 read back: the frame count, frames that are not one colour and change over time, the return in the file name; the
 headless OpenGL switch when MuJoCo was imported first; clear errors for bad inputs; the ablation report's links."""
@@ -16,8 +16,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from purejaxmt import ablation, offpolicy, render, runner  # render sets MUJOCO_GL before an env imports MuJoCo
+from purejaxmt.report import render  # first: it sets MUJOCO_GL before an env imports MuJoCo  # isort: skip
+from purejaxmt import cli, offpolicy, runner
 from purejaxmt.agents import brc, brc_discrete
+from purejaxmt.report import ablation
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio's ffmpeg reads (fork + exec)
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +37,15 @@ DISCRETE = brc_discrete.Config(critic_width=16, critic_depth=1, num_bins=11, emb
 @pytest.fixture(scope="module")
 def mjx_run(tmp_path_factory):
     run_config = dataclasses.replace(RUN, tasks=MJX_TASK, video=True)
-    run_dir = runner.run("test", brc, CONTINUOUS, LOOP, run_config, run_dir=tmp_path_factory.mktemp("render") / "mjx")
-    runner.cli.after_run(run_dir, run_config, finished=True)  # the runner's --run.video, after training
+    run_dir = runner.run("test", brc.AGENT_SPEC, CONTINUOUS, LOOP, run_config,
+                         run_dir=tmp_path_factory.mktemp("render") / "mjx")
+    cli.after_run(run_dir, run_config, finished=True)  # the runner's --run.video, after training
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def minatar_run(tmp_path_factory):
-    return runner.run("test", brc_discrete, DISCRETE, LOOP, dataclasses.replace(RUN, tasks=GAME),
+    return runner.run("test", brc_discrete.AGENT_SPEC, DISCRETE, LOOP, dataclasses.replace(RUN, tasks=GAME),
                       run_dir=tmp_path_factory.mktemp("render") / "minatar")
 
 
@@ -100,7 +103,7 @@ def test_headless_context_when_mujoco_was_imported_first(tmp_path):
     switches its Renderer to EGL/OSMesa."""
     code = """if True:
         import mujoco
-        from purejaxmt import render
+        from purejaxmt.report import render
         model = mujoco.MjModel.from_xml_string(
             "<mujoco><worldbody><light pos='0 0 3'/><body><freejoint/><geom type='box' size='.2 .2 .2'/></body>"
             "</worldbody></mujoco>")

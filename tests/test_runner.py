@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxmt import envs, offpolicy, runner
+from purejaxmt import cli, envs, offpolicy, runner
 from purejaxmt.agents import brc, brc_discrete
 from purejaxmt.runner import checkpoints, devices
 
@@ -31,18 +31,18 @@ def env():
 
 @pytest.fixture(scope="module")
 def program(env):
-    return offpolicy.make(brc, AGENT, LOOP, env)
+    return offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, env)
 
 
 @pytest.fixture(scope="module")
 def compiled_chunk(program):
     """The vmapped chunk over 2 seeds, compiled once for the module."""
-    states = devices.init_states(program, runner.seed_keys(RUN))
+    states = devices.init_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     return jax.jit(runner.vmap_train_chunk(program, states)).lower(states).compile(compiler_options=FAST_COMPILE)
 
 
 def run_chunks(compiled_chunk, program, run_config, n):
-    states = devices.init_states(program, runner.seed_keys(run_config))
+    states = devices.init_states(program, runner.seed_keys(run_config.seed, run_config.seeds))
     metrics = []
     for _ in range(n):
         states, m = compiled_chunk(states)
@@ -54,7 +54,7 @@ def test_chunk_has_no_host_round_trip(compiled_chunk, program):
     hlo = compiled_chunk.as_text()
     for pattern in (r"\bsend\(", r"\brecv\(", r"\binfeed\(", r"\boutfeed\(", r"callback", r"host"):
         assert not re.search(pattern, hlo, flags=re.IGNORECASE), f"compiled chunk HLO contains {pattern!r}"
-    states = devices.init_states(program, runner.seed_keys(RUN))
+    states = devices.init_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     with jax.transfer_guard("disallow"):
         states, metrics = compiled_chunk(states)
     assert np.all(np.asarray(metrics["step"]) == LOOP.steps_per_chunk)
@@ -117,7 +117,7 @@ def test_vmapped_chunk_keeps_the_lockstep_conds_conds(program):
     """The iteration and update counters are lockstep (unbatched) in the runner's state, so the conds on them (skip
     the updates, act at random during the random phase) stay conds under the seed vmap, not selects that run both
     branches."""
-    states = devices.init_states(program, runner.seed_keys(RUN))
+    states = devices.init_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     assert states.iteration.shape == () and states.num_updates.shape == ()
     assert states.learner.log_temperature.shape == (RUN.seeds,)
     vmapped = jax.make_jaxpr(runner.vmap_train_chunk(program, states))(states).jaxpr
@@ -146,15 +146,15 @@ def _comparable(row):
 
 
 def test_kill_and_resume_gives_the_same_run(tmp_path, env):
-    whole = runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "whole")
-    stopped = runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "resumed",
+    whole = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "whole")
+    stopped = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "resumed",
                          progress_fn=lambda chunk, rows: chunk < 1)
     assert [r["chunk"] for r in map(json.loads, (stopped / "metrics.jsonl").read_text().splitlines())] == [1, 1]
-    resumed = runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=stopped)
+    resumed = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=stopped)
     assert [_comparable(r) for r in _rows(resumed, 3)] == [_comparable(r) for r in _rows(whole, 3)]
     assert all(r.get(f"eval/{TASKS}/return") is not None for r in _rows(resumed, 3))
     assert all(r.get(f"train/{TASKS}/return") is not None and r["step"] == 120 for r in _rows(resumed, 3))
-    runner.cli.after_run(resumed, RUN, finished=True)  # plots are an after-run job, outside the loop
+    cli.after_run(resumed, RUN, finished=True)  # plots are an after-run job, outside the loop
     assert (resumed / "plots" / f"{TASKS}.png").stat().st_size > 0
     config = json.loads((resumed / "config.json").read_text())
     assert config["agent"]["critic_width"] == AGENT.critic_width and config["run"]["tasks"] == TASKS
@@ -166,19 +166,19 @@ def test_kill_and_resume_gives_the_same_run(tmp_path, env):
     assert any("learner/log_temperature" in leaf for leaf in layout)
     layout_path.write_text(json.dumps([leaf for leaf in layout if "learner/log_temperature" not in leaf]))
     with pytest.raises(ValueError, match=r"another run-state layout.*log_temperature"):
-        runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=resumed)
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=resumed)
 
 
 def test_train_minutes_stops_after_a_chunk_with_an_evaluation_and_resumes(tmp_path, env, capsys):
     """A budget spent by the first chunk: the run stops after it, evaluated there (eval_every=3 would not), and
     checkpointed; a resume may drop the budget, and finishes the run."""
     budget = dataclasses.replace(RUN, train_minutes=1e-6)
-    stopped = runner.run("test", brc, AGENT, LOOP, budget, env=env, run_dir=tmp_path / "budget")
+    stopped = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, budget, env=env, run_dir=tmp_path / "budget")
     rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [row["chunk"] for row in rows] == [1, 1]
     assert all(np.isfinite(row[f"eval/{TASKS}/return"]) for row in rows)
     assert "train_minutes=1e-06 spent" in capsys.readouterr().out
-    resumed = runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=stopped)
+    resumed = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=stopped)
     assert [row["chunk"] for row in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())] == [
         1, 1, 2, 2, 3, 3]
     with pytest.raises(ValueError, match="train_minutes=0"):
@@ -187,24 +187,26 @@ def test_train_minutes_stops_after_a_chunk_with_an_evaluation_and_resumes(tmp_pa
 
 def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path, env):
     with pytest.raises(ValueError, match="no-such-task"):
-        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="Pendulum-v1,no-such-task"),
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, dataclasses.replace(RUN, tasks="Pendulum-v1,no-such-task"),
                    run_dir=tmp_path / "a")
     with pytest.raises(ValueError, match="envs_per_task=0"):
         dataclasses.replace(LOOP, envs_per_task=0)
     with pytest.raises(ValueError, match="xla_optimization_level=4"):
         dataclasses.replace(RUN, xla_optimization_level=4)
     with pytest.raises(ValueError, match="batch_size=1 is smaller than the number of tasks 2"):
-        runner.run("test", brc, AGENT, dataclasses.replace(LOOP, batch_size=1),
+        runner.run("test", brc.AGENT_SPEC, AGENT, dataclasses.replace(LOOP, batch_size=1),
                    dataclasses.replace(RUN, tasks="classic-continuous"), run_dir=tmp_path / "b")
     with pytest.raises(ValueError, match=r"minimal_action_set=True does not apply to tasks \['Pendulum-v1'\]"):
-        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, minimal_action_set=True), run_dir=tmp_path / "c")
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, dataclasses.replace(RUN, minimal_action_set=True),
+                   run_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="brc is for continuous actions"):
-        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="CartPole-v1"), run_dir=tmp_path / "d")
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, dataclasses.replace(RUN, tasks="CartPole-v1"),
+                   run_dir=tmp_path / "d")
     with pytest.raises(ValueError, match=r"the env given to run has tasks \['Pendulum-v1'\].*MountainCarContinuous"):
-        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, tasks="MountainCarContinuous-v0"), env=env,
-                   run_dir=tmp_path / "e")
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, dataclasses.replace(RUN, tasks="MountainCarContinuous-v0"),
+                   env=env, run_dir=tmp_path / "e")
     with pytest.raises(ValueError, match=r"episode lengths \[25\].*episode_length=30"):
-        runner.run("test", brc, AGENT, LOOP, dataclasses.replace(RUN, episode_length=30), env=env,
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, dataclasses.replace(RUN, episode_length=30), env=env,
                    run_dir=tmp_path / "f")
     assert not any((tmp_path / name).exists() for name in "abcdef")
 
@@ -213,18 +215,18 @@ def test_command_line_presets_shorthands_and_help(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")  # one column of options
     presets = {"tiny": runner.Preset(agent=brc_discrete.Config(critic_width=8), loop=LOOP,
                                      run=runner.RunConfig(tasks="minatar"), description="a tiny preset")}
-    command = runner.parse_command(presets, ["--preset", "tiny", "--run.minimal-action-set", "--steps", "80",
+    command = cli.parse_command(presets, ["--preset", "tiny", "--run.minimal-action-set", "--steps", "80",
                                              "--seeds", "3", "--agent.learning-rate", "0.001"])
     assert command.run.minimal_action_set and command.loop.total_steps == 80 and command.run.seeds == 3
     assert command.agent.learning_rate == 0.001 and not command.single_task_baselines
     # The README's `--run.train-minutes 20` (the fast preset's 20-minute goal).
-    assert runner.parse_command(presets, ["--preset", "tiny", "--run.train-minutes", "20"]).run.train_minutes == 20.0
+    assert cli.parse_command(presets, ["--preset", "tiny", "--run.train-minutes", "20"]).run.train_minutes == 20.0
     np.testing.assert_array_equal(runner.make_env(command.run).spec.action.mask.sum(1), [3, 5, 3, 4])
-    assert runner.make_env(runner.parse_command(presets, ["--preset", "tiny"]).run).spec.action.mask.all()
+    assert runner.make_env(cli.parse_command(presets, ["--preset", "tiny"]).run).spec.action.mask.all()
     with pytest.raises(SystemExit, match="unknown --preset 'huge'"):
-        runner.parse_command(presets, ["--preset", "huge"])
+        cli.parse_command(presets, ["--preset", "huge"])
     with pytest.raises(SystemExit):
-        runner.parse_command(presets, ["--preset", "tiny", "--help"])
+        cli.parse_command(presets, ["--preset", "tiny", "--help"])
     help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # wrapped lines joined
     assert "'tiny': a tiny preset" in help_text, help_text
     # A field's help is its docstring, not a section comment above it.
@@ -236,7 +238,7 @@ def test_single_task_baselines_resume_and_summary(tmp_path, capsys):
     presets = {"tiny": runner.Preset(agent=AGENT, loop=dataclasses.replace(LOOP, total_steps=40),
                                      run=dataclasses.replace(RUN, tasks="classic-continuous", seeds=1))}
     argv = ["--preset", "tiny", "--single-task-baselines", "--run-dir", str(tmp_path / "st")]
-    root = runner.main("test", brc, presets, argv=argv)
+    root = cli.main("test", brc.AGENT_SPEC, presets, argv=argv)
     summary = json.loads((root / "summary.json").read_text())
     assert set(summary) == {"Pendulum-v1", "MountainCarContinuous-v0"}
     assert json.loads((root / "config.json").read_text())["provenance"]["packages"]["jax"] == jax.__version__
@@ -244,10 +246,11 @@ def test_single_task_baselines_resume_and_summary(tmp_path, capsys):
     task_config = json.loads((root / "Pendulum-v1" / "config.json").read_text())
     assert task_config["loop"]["batch_size"] == LOOP.batch_size // 2 and task_config["run"]["tasks"] == "Pendulum-v1"
     # Resuming a finished set from its directory alone runs nothing again; other flags beside --resume are refused.
-    runner.main("test", brc, presets, argv=["--resume", str(root)])
+    cli.main("test", brc.AGENT_SPEC, presets, argv=["--resume", str(root)])
     assert capsys.readouterr().out.count("finished, skipped") == 2
     with pytest.raises(SystemExit, match="--preset, --single-task-baselines cannot change a resumed run or study"):
-        runner.main("test", brc, presets, argv=["--preset", "tiny", "--single-task-baselines", "--resume", str(root)])
+        cli.main("test", brc.AGENT_SPEC, presets, argv=["--preset", "tiny", "--single-task-baselines",
+                                                        "--resume", str(root)])
     with pytest.raises(ValueError, match="as a sweep study: it is a 'baselines' study"):
         runner.study.open_study(root, "sweep", {}, {}, [], resume=True)
 
@@ -257,7 +260,7 @@ def test_resume_and_run_dir_guards(tmp_path):
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="already exists"):
-        runner.run("test", brc, AGENT, LOOP, RUN, run_dir=run_dir)
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, run_dir=run_dir)
     assert (run_dir / "notes.txt").read_text() == "mine"
 
     saved = json.loads(json.dumps({  # as JSON has it (tuples become lists)
@@ -265,9 +268,9 @@ def test_resume_and_run_dir_guards(tmp_path):
         "loop": dataclasses.asdict(LOOP), "run": dataclasses.asdict(RUN)}))
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"agent.critic_width: saved 32, requested 64"):
-        runner.run("test", brc, dataclasses.replace(AGENT, critic_width=64), LOOP, RUN, resume=run_dir)
+        runner.run("test", brc.AGENT_SPEC, dataclasses.replace(AGENT, critic_width=64), LOOP, RUN, resume=run_dir)
     assert json.loads((run_dir / "config.json").read_text()) == saved
     with pytest.raises(ValueError, match="has no state_layout.json"):  # a run dir from before the layout check
-        runner.run("test", brc, AGENT, LOOP, RUN, resume=run_dir)
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, resume=run_dir)
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        runner.run("test", brc, AGENT, LOOP, RUN, resume=tmp_path / "missing")
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, resume=tmp_path / "missing")

@@ -1,10 +1,10 @@
-"""purejaxmt.stats: rliable's IQM, mean and probability of improvement with stratified-bootstrap CIs, per-task
+"""purejaxmt.report.stats: rliable's IQM, mean and probability of improvement with stratified-bootstrap CIs, per-task
 normalisation. Few bootstrap replications: these check the wiring and the definitions, not the coverage."""
 
 import numpy as np
 import pytest
 
-from purejaxmt import stats
+from purejaxmt.report import stats
 
 REPS = 200
 

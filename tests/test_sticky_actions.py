@@ -113,17 +113,17 @@ def test_the_command_line_flag_reaches_the_env(capsys):
     the env is the plain Gymnax one."""
     from test_presets import SCRIPTS
 
-    from purejaxmt import runner
+    from purejaxmt import cli, runner
 
     presets = SCRIPTS["minatar_mt"].PRESETS
-    command = runner.parse_command(presets, ["--preset", "cpu", "--tasks", GAME, "--run.sticky-actions", "0.1"])
+    command = cli.parse_command(presets, ["--preset", "cpu", "--tasks", GAME, "--run.sticky-actions", "0.1"])
     assert command.run.sticky_actions == 0.1
     sticky = runner.make_env(command.run)
-    plain = runner.make_env(runner.parse_command(presets, ["--preset", "cpu", "--tasks", GAME]).run)
+    plain = runner.make_env(cli.parse_command(presets, ["--preset", "cpu", "--tasks", GAME]).run)
     state, _ = sticky.reset(jax.random.PRNGKey(0), 2)
     plain_state, _ = plain.reset(jax.random.PRNGKey(0), 2)
     assert "StickyState" in str(jax.tree_util.tree_structure(state))
     assert "StickyState" not in str(jax.tree_util.tree_structure(plain_state))
     with pytest.raises(SystemExit):
-        runner.parse_command(presets, ["--preset", "cpu", "--run.sticky-actions", "1.5"])
+        cli.parse_command(presets, ["--preset", "cpu", "--run.sticky-actions", "1.5"])
     assert "sticky_actions=1.5" in capsys.readouterr().err  # tyro prints the config's error, wrapped

@@ -1,7 +1,7 @@
-"""Sweeps (runner.sweep): settings x seeds in one program equal the single runs they stand for, unsharded, sharded over
-8 fake devices and split over two processes of one `jax.distributed` job (also when one process stops the job mid-way
-and it resumes); settings that change shapes become separate programs; bad sweeps fail clearly before anything runs.
-The configs are tests/sweep_driver.py's tiny BRC on Gymnax Pendulum-v1."""
+"""Sweeps (purejaxmt.studies.sweep): settings x seeds in one program equal the single runs they stand for, unsharded,
+sharded over 8 fake devices and split over two processes of one `jax.distributed` job (also when one process stops the
+job mid-way and it resumes); settings that change shapes become separate programs; bad sweeps fail clearly before
+anything runs. The configs are tests/sweep_driver.py's tiny BRC on Gymnax Pendulum-v1."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import pytest
 import sweep_driver
 from sweep_driver import AGENT, LOOP, PRESETS, RUN
 
+from purejaxmt import cli
 from purejaxmt.agents import brc
-from purejaxmt.runner import cli, devices, loop, rundir, sweep
+from purejaxmt.runner import devices, loop, peers, rundir
+from purejaxmt.studies import sweep
 
 _CACHE = jax.config.jax_compilation_cache_dir  # conftest's: the subprocesses share the compiled programs
 DRIVER = Path(__file__).resolve().parent / "sweep_driver.py"
@@ -72,7 +74,7 @@ def unsharded(tmp_path_factory) -> Path:
     """2 learning rates x 2 seeds in one program on one device."""
     root = tmp_path_factory.mktemp("sweep") / "unsharded"
     command = cli.parse_command(PRESETS, [*SWEEP, "--run-dir", str(root)])
-    return sweep.run_sweep(sweep_driver.EXPERIMENT, brc, command, report=False)
+    return sweep.run_sweep(sweep_driver.EXPERIMENT, brc.AGENT_SPEC, command, report=False)
 
 
 def test_sweep_equals_its_single_runs(unsharded, tmp_path):
@@ -88,7 +90,7 @@ def test_sweep_equals_its_single_runs(unsharded, tmp_path):
         learning_rate = saved["agent"]["learning_rate"]
         assert f"{learning_rate:g}" in entry["setting"]
         # The same setting and seed as an ordinary run of its own: no vmap over settings, its own program.
-        single = loop.run("tiny", brc, dataclasses.replace(AGENT, learning_rate=learning_rate), LOOP,
+        single = loop.run("tiny", brc.AGENT_SPEC, dataclasses.replace(AGENT, learning_rate=learning_rate), LOOP,
                           dataclasses.replace(RUN, seed=entry["seed"], seeds=1),
                           run_dir=tmp_path / entry["name"].replace("/", "_"))
         expected = {(entry["name"], row["chunk"]): row for row in rundir.read_all_metrics(single)}
@@ -134,12 +136,13 @@ def test_shape_changing_settings_are_separate_programs():
     points = sweep.settings(["agent.num_bins=11,21", "learning_rate=1e-3,3e-4"], ["", "loop.gamma=0.9"], AGENT, LOOP)
     assert len(points) == 8 and points[0].label == "num_bins=11,learning_rate=0.001"
     assert points[4].label == "gamma=0.9,num_bins=11,learning_rate=0.001"
-    plans = sweep.plan_programs(points, brc)
+    plans = sweep.plan_programs(points, brc.AGENT_SPEC)
     assert [plan.shape_values for plan in plans] == [{"agent.num_bins": 11}, {"agent.num_bins": 21}]
     assert [len(plan.settings) for plan in plans] == [4, 4]
     with pytest.raises(ValueError, match=r"--one-program: the sweep changes shapes through \['agent.num_bins'\]"):
-        sweep.plan_programs(points, brc, one_program=True)
-    assert len(sweep.plan_programs(sweep.settings(["tau=0.01,0.02"], [], AGENT, LOOP), brc, one_program=True)) == 1
+        sweep.plan_programs(points, brc.AGENT_SPEC, one_program=True)
+    assert len(sweep.plan_programs(sweep.settings(["tau=0.01,0.02"], [], AGENT, LOOP), brc.AGENT_SPEC,
+                                   one_program=True)) == 1
     assert sweep.settings([], [], AGENT, LOOP)[0].label == "base"
 
 
@@ -173,12 +176,13 @@ def test_the_readme_sweep_commands_parse_and_plan():
     command = cli.parse_command(humanoid.PRESETS, [
         "--preset", "cpu", "--tasks", "dmc-small", "--seeds", "4",
         "--sweep", "agent.learning_rate=1e-4,3e-4", "--sweep", "agent.tau=0.005,0.01"])
-    plans = sweep.plan_programs(sweep.settings(command.sweep, command.variants, command.agent, command.loop), brc)
+    plans = sweep.plan_programs(sweep.settings(command.sweep, command.variants, command.agent, command.loop),
+                                brc.AGENT_SPEC)
     assert command.is_sweep and len(plans) == 1 and len(plans[0].settings) * command.run.seeds == 16
     for preset, programs in (("cpu-ablation", 2), ("paper-ablation", 8)):
         command = cli.parse_command(humanoid.PRESETS, ["--preset", preset])
         points = sweep.settings(command.sweep, command.variants, command.agent, command.loop)
-        assert len(sweep.plan_programs(points, brc)) == programs, preset
+        assert len(sweep.plan_programs(points, brc.AGENT_SPEC)) == programs, preset
     # The multi-host flags of the README parse (joining a job is tests' two-process case above).
     command = cli.parse_command(humanoid.PRESETS, [
         "--preset", "paper-ablation", "--run-dir", "/shared/runs/ablation", "--coordinator-address", "host0:12345",
@@ -186,4 +190,4 @@ def test_the_readme_sweep_commands_parse_and_plan():
     assert command.run_dir == Path("/shared/runs/ablation")
     assert cli.parse_command(humanoid.PRESETS, ["--preset", "paper-ablation", "--num-processes", "auto"]).is_sweep
     with pytest.raises(SystemExit, match="needs all of --coordinator-address, --num-processes and --process-id"):
-        cli.initialize_distributed(["--coordinator-address", "host0:12345"])
+        peers.initialize_distributed(["--coordinator-address", "host0:12345"])

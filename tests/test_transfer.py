@@ -1,5 +1,5 @@
-"""Transfer (`purejaxmt.transfer`, `experiments/transfer.py`): growing the task-embedding table of a trained learner,
-the `embedding` mode's freeze (one update changes only the new rows), the `all` mode (everything learns), bad
+"""Transfer (`purejaxmt.studies.transfer`, `experiments/transfer.py`): growing the task-embedding table of a trained
+learner, the `embedding` mode's freeze (one update changes only the new rows), the `all` mode (everything learns), bad
 inputs, humanoid speed tasks, and the experiment end to end on a tiny cartpole source (its frozen trunks checked bit
 for bit against the source checkpoint after training)."""
 
@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from purejaxmt import envs, transfer
+from purejaxmt import envs
 from purejaxmt.agents import brc, brc_discrete
 from purejaxmt.envs import ActionSpec, EnvSpec
 from purejaxmt.runner import checkpoints, saved
+from purejaxmt.studies import transfer
 from purejaxmt.treepaths import leaf_paths
 
 OBS_DIM, ACTION_DIM, PER_TASK = 5, 2, 6
@@ -277,10 +278,10 @@ def test_transfer_presets_trace(name):
     source_tasks = envs.resolve(preset.source.run.tasks)
     tasks = transfer.task_set(source_tasks, envs.resolve(preset.targets))
     assert len(tasks) == len(source_tasks) + len(envs.resolve(preset.targets))
-    loop.abstract_run(brc, preset.source.agent, preset.source.loop, preset.source.run)
+    loop.abstract_run(brc.AGENT_SPEC, preset.source.agent, preset.source.loop, preset.source.run)
     config = transfer.agent_config(preset.source.agent, source_tasks, tasks, "embedding")
     run_config = dataclasses.replace(preset.source.run, tasks=",".join(tasks), seeds=len(transfer.MODES))
-    shapes = loop.abstract_run(brc, config, preset.loop, run_config)
+    shapes = loop.abstract_run(brc.AGENT_SPEC, config, preset.loop, run_config)
     table = shapes["state"].learner.critic_params["params"]["task_embedding"]["table"]["embedding"]
     assert table.shape == (len(transfer.MODES), len(tasks), config.embed_dim)
 

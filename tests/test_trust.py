@@ -34,7 +34,8 @@ def env():
 def whole(env, tmp_path_factory) -> Path:
     """The uninterrupted run (3 chunks, a checkpoint after each: those of chunks 2 and 3 are kept). Damaging its
     last checkpoint and resuming it re-runs chunk 3 from chunk 2's, which must give the same rows again."""
-    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=tmp_path_factory.mktemp("whole") / "run")
+    run_dir = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env,
+                         run_dir=tmp_path_factory.mktemp("whole") / "run")
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 3]
     return run_dir
 
@@ -76,7 +77,7 @@ def test_flipped_bytes_fall_back_to_the_intact_checkpoint_and_finish_the_same_ru
     config["provenance"]["packages"]["jax"] = "0.0.1"
     (damaged / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged)
+    runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=damaged)
     out = capsys.readouterr().out
     warning = [line for line in out.splitlines() if "is damaged" in line]
     assert len(warning) == 1, out[-3000:]
@@ -92,7 +93,7 @@ def test_a_truncated_file_falls_back_and_all_damaged_fails_clearly(whole, env, t
     largest = data_files(damaged, 3)[0]
     os.truncate(largest, largest.stat().st_size // 2)
     capsys.readouterr()
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=damaged)
+    runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=damaged)
     out = capsys.readouterr().out
     assert "checkpoints/3 is damaged: leaf " in out and "cannot be read" in out, out[-3000:]
     assert_same_rows(rundir.read_all_metrics(damaged), rundir.read_all_metrics(whole))
@@ -103,12 +104,12 @@ def test_a_truncated_file_falls_back_and_all_damaged_fails_clearly(whole, env, t
     flip_middles(ruined, 3)
     with pytest.raises(checkpoints.NoIntactCheckpointError,
                        match=r"no intact checkpoint in .*chunk 3: leaf learner/.*; chunk 2: leaf learner/"):
-        runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=ruined)
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=ruined)
     assert (ruined / "checkpoints" / "2").is_dir() and (ruined / "checkpoints" / "3").is_dir()
     # A step whose digests are missing (a save cut short after orbax's commit) is not trusted either.
     (ruined / "checkpoints" / "3" / "digests.process-0.json").unlink()
-    program = offpolicy.make(brc, AGENT, LOOP, env)
-    template = devices.init_states(program, runner.seed_keys(RUN))
+    program = offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, env)
+    template = devices.init_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     with pytest.raises(ValueError, match=r"checkpoints/3 is damaged: it has no digests.process-0.json"):
         checkpoints.Checkpointer(ruined).restore(3, template)
 
@@ -119,11 +120,11 @@ def diverging_hyper(program: offpolicy.Program) -> offpolicy.Hyper:
 
 def test_a_diverged_run_in_a_sweep_is_reported_and_never_checkpointed_and_the_other_goes_on(whole, env, tmp_path,
                                                                                               capsys):
-    program = offpolicy.make(brc, AGENT, LOOP, env)
+    program = offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, env)
     runs = [loop.RunSpec(seed=0, labels={"run": "base/seed-0", "setting": "base"}),
             loop.RunSpec(seed=1, hyper=diverging_hyper(program), labels={"run": "lr=1e8/seed-1", "setting": "lr=1e8"})]
     capsys.readouterr()
-    run_dir = runner.run("test", brc, AGENT, LOOP, RUN, env=env, runs=runs, run_dir=tmp_path / "sweep")
+    run_dir = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, runs=runs, run_dir=tmp_path / "sweep")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "DIVERGED in" in line]
     assert len(lines) == 1, err[-3000:]  # reported once, in the chunk it happened
@@ -153,11 +154,11 @@ def test_a_diverged_run_in_a_sweep_is_reported_and_never_checkpointed_and_the_ot
 
 def test_a_run_whose_every_seed_diverges_says_so_and_resumes_diverged(env, tmp_path, capsys):
     config = dataclasses.replace(AGENT, learning_rate=1e8)
-    run_dir = runner.run("test", brc, config, LOOP, RUN, env=env, run_dir=tmp_path / "alone",
+    run_dir = runner.run("test", brc.AGENT_SPEC, config, LOOP, RUN, env=env, run_dir=tmp_path / "alone",
                          progress_fn=lambda chunk, rows: chunk < 2)
     err = capsys.readouterr().err
     assert err.count("DIVERGED in chunk 1") == 2 and "2 run(s) diverged" in err, err[-3000:]
-    runner.run("test", brc, config, LOOP, RUN, env=env, resume=run_dir)
+    runner.run("test", brc.AGENT_SPEC, config, LOOP, RUN, env=env, resume=run_dir)
     assert "DIVERGED in" not in capsys.readouterr().err  # reported once, not again on the resume
     rows = rundir.read_all_metrics(run_dir)
     assert [row["chunk"] for row in rows] == [1, 1, 2, 2, 3, 3]
@@ -176,14 +177,14 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes(whole, env, tmp_pat
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", full_at_chunk_2)
     run_dir = tmp_path / "full"
     with pytest.raises(checkpoints.CheckpointWriteError) as stop:
-        runner.run("test", brc, AGENT, LOOP, RUN, env=env, run_dir=run_dir)
+        runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=run_dir)
     message = str(stop.value)
     assert isinstance(stop.value, SystemExit) and "\n" not in message
     assert f"disk full: could not write the checkpoint of chunk 2 to {run_dir.absolute() / 'checkpoints'}" in message
     assert "bytes (uncompressed)" in message and "bytes are free" in message
     assert f"the previous checkpoint (chunk 1) is intact: `--resume {run_dir}`" in message
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", save)  # space is back
-    runner.run("test", brc, AGENT, LOOP, RUN, env=env, resume=run_dir)
+    runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=run_dir)
     assert "is damaged" not in capsys.readouterr().out
     assert_same_rows(rundir.read_all_metrics(run_dir), rundir.read_all_metrics(whole))
 
@@ -198,8 +199,8 @@ def test_other_failures_of_the_writer_are_not_called_a_full_disk():
 
 
 def test_the_pre_flight_warns_when_two_checkpoints_do_not_fit(env, tmp_path, monkeypatch):
-    program = offpolicy.make(brc, AGENT, LOOP, env)
-    state = devices.abstract_states(program, runner.seed_keys(RUN))
+    program = offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, env)
+    state = devices.abstract_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     size = checkpoints.checkpoint_bytes(state)
     assert size == sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state) if leaf.size)
     checkpointer = checkpoints.Checkpointer(tmp_path)
@@ -258,8 +259,8 @@ def test_a_checkpoint_of_another_process_count_is_restored_unverified_and_said(w
     copy = shutil.copytree(whole, tmp_path / "copy")
     step = copy / "checkpoints" / "3"
     shutil.copy(step / "digests.process-0.json", step / "digests.process-1.json")  # as a 2-process job writes
-    program = offpolicy.make(brc, AGENT, LOOP, env)
-    template = devices.init_states(program, runner.seed_keys(RUN))
+    program = offpolicy.make(brc.AGENT_SPEC, AGENT, LOOP, env)
+    template = devices.init_states(program, runner.seed_keys(RUN.seed, RUN.seeds))
     said = []
     state = checkpoints.Checkpointer(copy).restore(3, template, said.append)
     assert len(said) == 1 and "written by 2 processes and is read by 1" in said[0] and "unverified" in said[0]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import test_presets
 
-from purejaxmt import runner
+from purejaxmt import cli, runner
 from purejaxmt.runner import usage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_a_usage_error_is_one_framed_line_and_status_2(argv, named, capsys, tmp_
     monkeypatch.chdir(tmp_path)  # nothing may be written; if anything were, not into the checkout
     monkeypatch.delenv(usage.DEBUG_VARIABLE, raising=False)
     with pytest.raises(SystemExit) as stopped, usage.usage_errors(program="experiments/minatar_mt.py"):
-        runner.main(MINATAR.EXPERIMENT, MINATAR.AGENT, MINATAR.PRESETS, ["--preset", "smoke", *argv])
+        cli.main(MINATAR.EXPERIMENT, MINATAR.AGENT, MINATAR.PRESETS, ["--preset", "smoke", *argv])
     assert stopped.value.code == usage.USAGE_STATUS
     err = capsys.readouterr().err
     lines = err.strip().splitlines()

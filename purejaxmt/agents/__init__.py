@@ -7,18 +7,27 @@ structure are made in its constructor, and its methods are pure functions of arr
 environments, replay buffers or the loop: it sees an env's `EnvSpec` (task count, observation shape, action spec),
 batches of flat transitions and the per-task reward scale.
 
-    agent = brc.Agent(config, env.spec)
+    agent = brc.Agent(config, env.spec)                   # brc.AGENT_SPEC.make_agent(config, env.spec)
     hyper = brc.Hyper.from_config(config)                 # or a stack of them, vmapped
     learner = agent.init(key, hyper)
     action = agent.act(learner, hyper, obs, key, explore_steps)      # obs [T, E, *O]; None: evaluation policy
     learner, metrics = agent.update(learner, hyper, batch, reward_scale, key, num_updates)
+
+The loop, the runner and the studies take an agent as its `AgentSpec` (`brc.AGENT_SPEC`): the three types, typed,
+and the name a run directory records, by which `load_spec` finds it again.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
+
+if TYPE_CHECKING:
+    from purejaxmt.envs import EnvSpec
 
 Learner = Any
 Hyper = Any
@@ -55,3 +64,35 @@ class Agent(Protocol):
 
     def chunk_extras(self, learner: Learner, hyper: Hyper, explore_steps: jax.Array) -> Metrics:
         """Scalars worth logging once per chunk (temperature, epsilon, ...)."""
+
+
+class HyperType(Protocol):
+    """An agent's `Hyper` class: a pytree of the settings that are data, made from its `Config`."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> Hyper: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """One algorithm, as everything above the agent takes it."""
+
+    name: str
+    """The agent's module (`"purejaxmt.agents.brc"`): recorded in a run's config.json, found again by `load_spec`."""
+    config_type: type
+    """Its frozen `Config` (the paper's defaults)."""
+    hyper_type: type[HyperType]
+    """Its `Hyper`: `hyper_type.from_config(config)`."""
+    make_agent: Callable[[Any, EnvSpec], Agent]
+    """`make_agent(config, env_spec)`: the agent of a run, built once."""
+
+
+def load_spec(name: str) -> AgentSpec:
+    """The `AgentSpec` a run directory names (`AGENT_SPEC` of module `name`); `ValueError` when there is none."""
+    try:
+        spec = importlib.import_module(name).AGENT_SPEC
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"agent {name!r} cannot be loaded: {error}") from error
+    if not isinstance(spec, AgentSpec):
+        raise ValueError(f"{name}.AGENT_SPEC is a {type(spec).__name__}, not an AgentSpec")
+    return spec

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from purejaxmt import categorical, nets
-from purejaxmt.agents import brc_extras
+from purejaxmt.agents import AgentSpec, brc_extras
 from purejaxmt.agents.brc_extras import normalized_observations, observation_statistics
 
 Params = Any
@@ -87,9 +87,9 @@ class Config:
     The statistics are kept either way (they are the learner's: evaluation, videos and transfer use them)."""
 
     new_task_rows: tuple[int, ...] = ()
-    """Transfer (`purejaxmt.transfer`): the task-embedding rows of the tasks a loaded agent has not been trained on.
-    Only with rows named here does `freeze_trained` act (and cost anything). Their AdamW steps take Adam's bias
-    correction at their own step count (the run's `num_updates + 1`), not the source's
+    """Transfer (`purejaxmt.studies.transfer`): the task-embedding rows of the tasks a loaded agent has not been
+    trained on. Only with rows named here does `freeze_trained` act (and cost anything). Their AdamW steps take
+    Adam's bias correction at their own step count (the run's `num_updates + 1`), not the source's
     (`brc_extras.new_rows_update`)."""
     freeze_trained: bool = False
     """Transfer's `embedding` mode (data, so the three transfer modes share one program): only the `new_task_rows`
@@ -391,3 +391,6 @@ class Agent:
         if self.new_task_rows is not None:
             new_learner = brc_extras.freeze(self.new_task_rows, learner_before, new_learner, hyper.freeze_trained > 0)
         return new_learner, {**critic_info, **actor_info, "temperature": jnp.exp(new_learner.log_temperature)}
+
+
+AGENT_SPEC = AgentSpec(name=__name__, config_type=Config, hyper_type=Hyper, make_agent=Agent)

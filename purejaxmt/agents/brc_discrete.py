@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from purejaxmt import categorical, nets
+from purejaxmt.agents import AgentSpec
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -287,3 +288,6 @@ class Agent:
         due = (num_updates + 1) % hyper.target_update_period == 0
         target_params = jax.tree.map(lambda moved, old: jnp.where(due, moved, old), moved_target, learner.target_params)
         return Learner(params=params, target_params=target_params, opt_state=opt_state), info
+
+
+AGENT_SPEC = AgentSpec(name=__name__, config_type=Config, hyper_type=Hyper, make_agent=Agent)

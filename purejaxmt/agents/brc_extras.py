@@ -5,7 +5,7 @@
 - observation statistics: the running mean and variance of every observation the updates drew (Chan et al.'s
   parallel merge), and the standardised observations the networks read when `normalize_observations` is on (the
   `fast` preset; FastTD3 and REPPO do it in the massively parallel regime);
-- transfer (`purejaxmt.transfer`): `new_rows_update`, Adam's bias correction of the new tasks' embedding rows at
+- transfer (`purejaxmt.studies.transfer`): `new_rows_update`, Adam's bias correction of the new tasks' embedding rows at
   their own step count, and `freeze`, the `embedding` mode that puts everything but those rows back.
 
 Pure functions of arrays; `brc.Agent.update` calls them.

@@ -147,7 +147,7 @@ class Context:
                                             updates_per_step=point.updates_per_step,
                                             replay_capacity=point.replay_capacity, random_steps=0,
                                             total_steps=1000 * steps, steps_per_chunk=steps, eval_episodes=1)
-                self._programs[point] = offpolicy.make(brc, config, loop, env)
+                self._programs[point] = offpolicy.make(brc.AGENT_SPEC, config, loop, env)
             return self._programs[point]
 
     def fns(self, point: Point) -> Fns:

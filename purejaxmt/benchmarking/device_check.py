@@ -21,13 +21,13 @@ import dataclasses
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from purejaxmt import normalize, offpolicy, runner
+from purejaxmt.agents import AgentSpec
 from purejaxmt.benchmarking import components, sections, timing
 from purejaxmt.benchmarking.context import Context, Plan, set_xla_level
 from purejaxmt.benchmarking.timing import fmt
@@ -41,7 +41,7 @@ class PresetRun:
     """A preset of an experiment trained for `minutes` of wall clock (the runner's `train_minutes`), one seed."""
 
     experiment: str
-    agent_module: ModuleType
+    agent_spec: AgentSpec
     preset_name: str
     preset: runner.Preset
     minutes: float
@@ -83,7 +83,7 @@ def preset_run(check: PresetRun, run_dir: Path) -> dict[str, Any]:
     """Trains `check`'s preset for its minutes through the runner; its evaluation curve, throughput and memory."""
     run_config = check.run_config()
     env = runner.make_env(run_config)
-    program = offpolicy.make(check.agent_module, check.preset.agent, check.preset.loop, env)
+    program = offpolicy.make(check.agent_spec, check.preset.agent, check.preset.loop, env)
     estimate = devices.check_memory(program, 1, seeds=1)  # raises MemoryError, naming sizes, when one run cannot fit
     memory: dict[str, Any] = {"estimate_parts": estimate.parts, "estimate_per_run": estimate.per_run,
                               "available": estimate.available, "memory_fraction": devices.MEMORY_FRACTION,
@@ -97,7 +97,7 @@ def preset_run(check: PresetRun, run_dir: Path) -> dict[str, Any]:
             in_use.append(int(stats["bytes_in_use"]))  # the run's state, live between chunks
 
     start = time.perf_counter()
-    runner.run(check.experiment, check.agent_module, check.preset.agent, check.preset.loop, run_config, env=env,
+    runner.run(check.experiment, check.agent_spec, check.preset.agent, check.preset.loop, run_config, env=env,
                run_dir=run_dir, preset=check.preset_name, progress_fn=progress)
     wall_s = time.perf_counter() - start
     stats = device_memory() or {}

@@ -1,26 +1,34 @@
-"""The host side of a run, one job per module; depends on `offpolicy.Program` only.
+"""The training side of a run, one job per module; depends on `offpolicy.Program` only.
 
 - `config`      `RunConfig` (what a run trains on, how the host drives it) and `Preset`
-- `cli`         the command line every experiment shares (`main`, `parse_command`)
-- `rundir`      run directories, the config record, the metrics log
-- `checkpoints` orbax checkpoints keyed by leaf path, and the state-layout check of a resume
-- `devices`     seeds and settings as a vmapped runs axis, sharded over the devices
+- `rundir`      run directories: the config record, the metrics log and its one reader
+- `checkpoints` orbax checkpoints keyed by leaf path, their digests, and the state-layout check of a resume
+- `devices`     seeds and settings as a vmapped runs axis, sharded over the devices; the compilation cache
 - `loop`        the host loop of ONE program: compile once, chunks, evaluation, logging, checkpoints, SIGINT/SIGTERM
-- `study`       sets of member runs (sweeps, baselines, transfer) and the one rule that continues each member
+- `study`       sets of member runs and the one rule that continues each member (the plans are `purejaxmt.studies`)
 - `saved`       a run directory read back: its configs, its checkpoints' learners, a policy (`load_policy`)
+- `health`      a diverging learner, noticed after every chunk
+- `provenance`  the versions, commit and devices that produced a run
+- `peers`       a multi-process job: joining it, and stopping with one line when a process is lost
 - `loggers`     optional TensorBoard / W&B mirrors of the metrics rows (`make_logger`, `--run.logger`)
 - `usage`       command-line errors as one framed line and status 2 (`usage_errors`)
-- `sweep`, `baselines`   plans: settings x seeds, single-task baselines of a multi-task command
+
+The command line that drives it is `purejaxmt.cli`; what reads finished runs is `purejaxmt.report`.
 """
 
-from purejaxmt.runner import cli, study
-from purejaxmt.runner.baselines import single_task_baselines
-from purejaxmt.runner.cli import Command, accelerator_present, enable_compilation_cache, main, parse_command
+from purejaxmt.runner import study
 from purejaxmt.runner.config import Preset, RunConfig, make_env
-from purejaxmt.runner.devices import init_states, runs_axes, vmap_evaluate, vmap_train_chunk
-from purejaxmt.runner.loop import abstract_run, run, seed_keys
+from purejaxmt.runner.devices import (
+    accelerator_present,
+    enable_compilation_cache,
+    init_states,
+    runs_axes,
+    seed_keys,
+    vmap_evaluate,
+    vmap_train_chunk,
+)
+from purejaxmt.runner.loop import abstract_run, run
 from purejaxmt.runner.usage import usage_errors
 
-__all__ = ["Command", "Preset", "RunConfig", "abstract_run", "accelerator_present", "cli", "enable_compilation_cache",
-           "init_states", "main", "make_env", "parse_command", "run", "runs_axes", "seed_keys",
-           "single_task_baselines", "study", "usage_errors", "vmap_evaluate", "vmap_train_chunk"]
+__all__ = ["Preset", "RunConfig", "abstract_run", "accelerator_present", "enable_compilation_cache", "init_states",
+           "make_env", "run", "runs_axes", "seed_keys", "study", "usage_errors", "vmap_evaluate", "vmap_train_chunk"]

@@ -35,7 +35,7 @@ class RunConfig:
     """Keep the replay buffer in checkpoints; without it a resumed run refills from empty and is not the same run."""
     video: bool = False
     """When the run finishes (not on a stop), render the evaluation policy of run 0 on every task that can be drawn
-    (MJX tasks, MinAtar games) to <run dir>/videos/<task>_return-<R>.mp4 (`purejaxmt.render`; process 0 only)."""
+    (MJX tasks, MinAtar games) to <run dir>/videos/<task>_return-<R>.mp4 (`purejaxmt.report.render`; process 0 only)."""
     devices: int | None = None
     """Devices the runs are sharded over: None for every device of every process (the runs, padded to a multiple of
     the device count, must be at least as many as the devices), or the first N of a single process."""
@@ -79,7 +79,8 @@ class Preset:
     run: RunConfig
     description: str = ""
     sweep: tuple[str, ...] = ()
-    """`--sweep` items (`field=v1,v2`) the preset runs unless the command line gives its own (runner.sweep)."""
+    """`--sweep` items (`field=v1,v2`) the preset runs unless the command line gives its own
+    (`purejaxmt.studies.sweep`)."""
     variants: tuple[str, ...] = ()
     """`--variant` items (`field=v field2=w`; empty: the preset as is) crossed with the sweep."""
 

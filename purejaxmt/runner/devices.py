@@ -11,7 +11,9 @@ back and logs only the runs on its own devices (`local_runs`, `local_values`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,6 +22,23 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from purejaxmt.offpolicy import Hyper, Program
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Keeps compiled programs on disk, so a second run (or a resume) of the same config skips the compile, which
+    dominates short runs on a CPU (an MJX humanoid chunk takes minutes to compile there). `PUREJAXMT_CACHE_DIR`
+    overrides the location; set it to an empty string to disable."""
+    path = os.environ.get("PUREJAXMT_CACHE_DIR", path or str(Path.home() / ".cache" / "purejaxmt" / "xla"))
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
+
+
+def accelerator_present() -> bool:
+    """Whether JAX runs on a GPU or TPU (the presets' default is `paper` there, `cpu` otherwise)."""
+    return jax.default_backend() != "cpu"
 
 
 def seed_keys(seed: int, seeds: int) -> jax.Array:

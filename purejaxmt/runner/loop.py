@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -28,23 +27,20 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from purejaxmt import envs, offpolicy
+from purejaxmt.agents import AgentSpec
 from purejaxmt.runner import checkpoints, devices, health, loggers, provenance, rundir
 from purejaxmt.runner.config import RunConfig, make_env
 
 ProgressFn = Callable[[int, list[dict]], Any]
 
 
-def seed_keys(run_config: RunConfig) -> jax.Array:
-    return devices.seed_keys(run_config.seed, run_config.seeds)
-
-
-def abstract_run(agent_module: ModuleType, agent_config: Any, loop_config: offpolicy.LoopConfig,
+def abstract_run(agent_spec: AgentSpec, agent_config: Any, loop_config: offpolicy.LoopConfig,
                  run_config: RunConfig, env: Any | None = None) -> dict:
     """Traces a run without running or allocating it: the batched init, one train chunk and one evaluation, as
     `run` compiles them, under `jax.eval_shape` (a W=4096 critic and a 1M-transition replay cost no memory).
     Returns the shapes `{"state", "metrics", "evaluation"}`; raises whatever a real run would raise at start."""
-    program = offpolicy.make(agent_module, agent_config, loop_config, make_env(run_config) if env is None else env)
-    keys = seed_keys(run_config)
+    program = offpolicy.make(agent_spec, agent_config, loop_config, make_env(run_config) if env is None else env)
+    keys = devices.seed_keys(run_config.seed, run_config.seeds)
     state = devices.abstract_states(program, keys)
     state_out, metrics = jax.eval_shape(devices.vmap_train_chunk(program, state), state)
     evaluation = jax.eval_shape(devices.vmap_evaluate(program, state), state, keys)
@@ -99,7 +95,7 @@ class RunSpec:
     hyper: offpolicy.Hyper | None = None
     labels: dict = dataclasses.field(default_factory=dict)
     learner: Any = None
-    """A learner to start from instead of the agent's init (transfer: `purejaxmt.transfer`), one run's pytree of
+    """A learner to start from instead of the agent's init (transfer: `purejaxmt.studies.transfer`), one run's pytree of
     the agent's `Learner` structure; replay, normaliser and envs start fresh as ever."""
 
 
@@ -145,11 +141,11 @@ def _any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
-def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_config: offpolicy.LoopConfig,
+def run(experiment: str, agent_spec: AgentSpec, agent_config: Any, loop_config: offpolicy.LoopConfig,
         run_config: RunConfig, *, env: Any | None = None, run_dir: Path | None = None, resume: Path | None = None,
         preset: str | None = None, progress_fn: ProgressFn | None = None, runs_root: Path = Path("runs"),
         runs: list[RunSpec] | None = None, record_extra: dict | None = None) -> Path:
-    """Trains `agent_module`'s agent on `run_config.tasks` (or on a ready `env`) and returns the run directory.
+    """Trains `agent_spec`'s agent on `run_config.tasks` (or on a ready `env`) and returns the run directory.
 
     The runs are `run_config.seeds` seeds from `run_config.seed` with the configs' settings, or the given `runs`
     (a sweep's settings x seeds in one program; `record_extra` is saved in config.json with the configs). They are
@@ -158,7 +154,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
     returning False stops the run as SIGINT does (checkpoint, then return). Trains only: plots and videos are the
     caller's after-run jobs (`cli.after_run`).
     """
-    record = rundir.config_record(experiment, agent_module, agent_config, loop_config, run_config, preset)
+    record = rundir.config_record(experiment, agent_spec, agent_config, loop_config, run_config, preset)
     record.update(json.loads(json.dumps(record_extra or {})))
     record[provenance.KEY] = provenance.record()  # versions, commit, devices: what produced the result
     loggers.check_installed(run_config.logger)  # before anything is written
@@ -175,7 +171,7 @@ def run(experiment: str, agent_module: ModuleType, agent_config: Any, loop_confi
         env = make_env(run_config)
     else:  # the config record must describe the env that is trained on
         _check_env_matches(env, run_config)
-    program = offpolicy.make(agent_module, agent_config, loop_config, env)
+    program = offpolicy.make(agent_spec, agent_config, loop_config, env)
     task_names, num_chunks, steps_per_chunk = program.task_names, loop_config.num_chunks, loop_config.steps_per_chunk
     runs = runs if runs is not None else [RunSpec(seed=run_config.seed + i) for i in range(run_config.seeds)]
     num_runs = len(runs)

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from purejaxmt.agents import AgentSpec
 
-def config_record(experiment: str, agent_module: Any, agent_config: Any, loop_config: Any, run_config: Any,
+
+def config_record(experiment: str, agent_spec: AgentSpec, agent_config: Any, loop_config: Any, run_config: Any,
                   preset: str | None) -> dict:
-    record = {"experiment": experiment, "agent_module": agent_module.__name__, "preset": preset,
+    record = {"experiment": experiment, "agent_module": agent_spec.name, "preset": preset,
               "agent": dataclasses.asdict(agent_config), "loop": dataclasses.asdict(loop_config),
               "run": dataclasses.asdict(run_config)}
     # As JSON has it (tuples become lists), so a record compares equal to the one saved in config.json on resume.

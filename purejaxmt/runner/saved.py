@@ -10,10 +10,8 @@ replay buffer is not read), so a run of any task set can be read by a script tha
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -21,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from purejaxmt import offpolicy
+from purejaxmt.agents import AgentSpec, load_spec
 from purejaxmt.offpolicy import LoopConfig
 from purejaxmt.runner import checkpoints, rundir
 from purejaxmt.runner.config import RunConfig, make_env
@@ -38,14 +37,14 @@ def _build(cls: type, values: dict, what: str, run_dir: Path) -> Any:
 
 
 def configs_of(record: dict, run_dir: Path) -> dict:
-    """The configs a `config.json` record holds, rebuilt: `{"agent_module", "agent", "loop", "run"}`; a clear error
-    for an agent module that cannot be imported or a field this version does not know."""
+    """The configs a `config.json` record holds, rebuilt: `{"agent_spec", "agent", "loop", "run"}`; a clear error
+    for an agent that cannot be loaded or a field this version does not know."""
     try:
-        agent_module = importlib.import_module(record["agent_module"])
-    except (KeyError, ImportError) as error:
+        agent_spec = load_spec(record["agent_module"])
+    except (KeyError, ValueError) as error:
         raise ValueError(f"{run_dir}/config.json names agent module {record.get('agent_module')!r}, which cannot "
-                         f"be imported: {error}") from error
-    return {"agent_module": agent_module, "agent": _build(agent_module.Config, record["agent"], "agent", run_dir),
+                         f"be loaded: {error}") from error
+    return {"agent_spec": agent_spec, "agent": _build(agent_spec.config_type, record["agent"], "agent", run_dir),
             "loop": _build(LoopConfig, record["loop"], "loop", run_dir),
             "run": _build(RunConfig, record["run"], "run", run_dir)}
 
@@ -56,7 +55,7 @@ class SavedRun:
 
     run_dir: Path
     record: dict
-    agent_module: ModuleType
+    agent_spec: AgentSpec
     agent_config: Any
     loop_config: LoopConfig
     run_config: RunConfig
@@ -146,7 +145,7 @@ def load(run_dir: Path | str) -> SavedRun:
             if (run_dir / "sweep.json").is_file() or (run_dir / "summary.json").is_file() else ""
         raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory{hint}")
     configs = configs_of(record, run_dir)
-    return SavedRun(run_dir=run_dir, record=record, agent_module=configs["agent_module"],
+    return SavedRun(run_dir=run_dir, record=record, agent_spec=configs["agent_spec"],
                     agent_config=configs["agent"], loop_config=configs["loop"], run_config=configs["run"])
 
 
@@ -171,8 +170,8 @@ def load_policy(run: SavedRun, index: int = 0, env: Any | None = None) -> tuple[
     env = make_env(run.run_config) if env is None else env
     if tuple(env.task_names) != tuple(run.task_names):
         raise ValueError(f"the env given has tasks {list(env.task_names)}, the run {list(run.task_names)}")
-    agent = run.agent_module.Agent(run.agent_config, env.spec)
-    hyper = offpolicy.hyper_of(run.agent_module, run.agent_config, run.loop_config)
+    agent = run.agent_spec.make_agent(run.agent_config, env.spec)
+    hyper = offpolicy.hyper_of(run.agent_spec, run.agent_config, run.loop_config)
     template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), hyper.agent)
     # The settings are the config's: the evaluation policy reads none of them (a sweep's data settings, learning
     # rates and the like, only shape updates), and they need not match a checkpoint of an older version.

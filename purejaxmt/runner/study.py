@@ -8,7 +8,7 @@ A study is a directory with one index and its member runs:
     STUDY_DIR/config.json   the command's resolved configs: `--resume STUDY_DIR` rebuilds the command from them
     STUDY_DIR/<member>/     each member an ordinary run directory (`loop.run`'s format), resumable on its own
 
-A plan (`runner.sweep`, `runner.baselines`, `experiments/transfer.py`) turns a command into `Member`s; `run_study`
+A plan (`purejaxmt.studies`: `sweep`, `baselines`, `transfer`) turns a command into `Member`s; `run_study`
 trains them in order, deciding each with `member_rule` (the one rule, also applied to a single run by `cli.main`):
 
     finished (its last checkpoint is its last chunk)  skip it

@@ -3,7 +3,7 @@ its own parse errors, and exits with status 2; anything unexpected keeps its tra
 
     if __name__ == "__main__":
         with runner.usage_errors():
-            runner.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)
+            cli.main(EXPERIMENT, AGENT, PRESETS, description=__doc__)
 
 A usage error is a plain `SystemExit` with a message (the runner's refusals), or a `ValueError`, `FileNotFoundError`,
 `FileExistsError`, `NotADirectoryError` or `MemoryError` raised by purejaxmt's or an experiment script's own code (its

@@ -47,7 +47,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from purejaxmt import ablation, offpolicy
+from purejaxmt import offpolicy
+from purejaxmt.report import ablation
 from purejaxmt.runner import saved
 from purejaxmt.runner.saved import load_policy  # beside the saved-run reader; re-exported here
 

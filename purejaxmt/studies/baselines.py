@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
 
 from purejaxmt import envs
+from purejaxmt.agents import AgentSpec
 from purejaxmt.runner import loop, provenance, rundir, study
 
 
-def single_task_baselines(experiment: str, agent_module: ModuleType, command: Any) -> Path:
+def single_task_baselines(experiment: str, agent_spec: AgentSpec, command: Any) -> Path:
     """One run per task of `command.run.tasks`, each into its own subdirectory of one study directory (default
     `runs/<experiment>_single_task/<time>/`); returns that directory."""
     tasks = list(envs.resolve(command.run.tasks))
@@ -35,7 +35,7 @@ def single_task_baselines(experiment: str, agent_module: ModuleType, command: An
     single_experiment = f"{experiment}_single_task"
     root = Path(command.resume or command.run_dir or rundir.new_run_dir(single_experiment))
     # The command's own configs (a resume rebuilds the command from them), and the tasks.
-    record = {**rundir.config_record(single_experiment, agent_module, command.agent, command.loop, command.run,
+    record = {**rundir.config_record(single_experiment, agent_spec, command.agent, command.loop, command.run,
                                      command.preset), "single_task_baselines": tasks, "study": "baselines",
               provenance.KEY: provenance.record()}
     if command.resume is not None:
@@ -55,7 +55,7 @@ def single_task_baselines(experiment: str, agent_module: ModuleType, command: An
         run_config = dataclasses.replace(command.run, tasks=task)
 
         def train(run_dir: Path | None, resume: Path | None) -> None:
-            loop.run(single_experiment, agent_module, command.agent, loop_config, run_config, preset=command.preset,
+            loop.run(single_experiment, agent_spec, command.agent, loop_config, run_config, preset=command.preset,
                      run_dir=run_dir, resume=resume)
 
         return study.Member(task, loop_config.num_chunks, train)

@@ -4,8 +4,8 @@
     --tasks, --seeds, --steps shorthands for --run.tasks, --run.seeds and --loop.total-steps
     --run-dir                 where a new run or study goes
     --resume DIR              continue a stopped run or study from its directory alone (RESUME_FLAGS may be given)
-    --single-task-baselines   one run per task instead, in sub-directories (runner.baselines)
-    --sweep F=v1,v2 (repeat)  settings x seeds in as few programs as the settings allow (runner.sweep)
+    --single-task-baselines   one run per task instead, in sub-directories (studies.baselines)
+    --sweep F=v1,v2 (repeat)  settings x seeds in as few programs as the settings allow (studies.sweep)
     --variant "F=v G=w"       a named setting on top of the preset, crossed with the sweep (repeatable)
     --one-program             refuse a sweep that needs more than one compiled program
     --coordinator-address, --num-processes, --process-id   a multi-process job (jax.distributed)
@@ -14,24 +14,21 @@
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import os
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any, Literal
 
 import jax
 import tyro
-from jax._src import distributed  # the job's coordination client (no public handle in jax 0.10)
 
+from purejaxmt.agents import AgentSpec
 from purejaxmt.offpolicy import LoopConfig
-from purejaxmt.runner import baselines, loop, rundir, saved, study, sweep
+from purejaxmt.runner import loop, rundir, saved, study
 from purejaxmt.runner.config import Preset, RunConfig
+from purejaxmt.runner.devices import accelerator_present, enable_compilation_cache
+from purejaxmt.runner.peers import initialize_distributed, peek_flag
+from purejaxmt.studies import baselines, sweep
 
 # The flags a resume may change: how the run is watched (logger, videos), how long it may take (the wall-clock
 # budget), how often it is evaluated and checkpointed (an evaluation reads the state and draws its own keys: the
@@ -40,22 +37,6 @@ from purejaxmt.runner.config import Preset, RunConfig
 # old one's name.
 RESUME_FLAGS = ("--run.train-minutes", "--run.logger", "--run.video", "--run.no-video", "--run.eval-every",
                 "--run.checkpoint-every", "--coordinator-address", "--num-processes", "--process-id")
-
-
-def enable_compilation_cache(path: str | None = None) -> str | None:
-    """Keeps compiled programs on disk, so a second run (or a resume) of the same config skips the compile, which
-    dominates short runs on a CPU (an MJX humanoid chunk takes minutes to compile there). `PUREJAXMT_CACHE_DIR`
-    overrides the location; set it to an empty string to disable."""
-    path = os.environ.get("PUREJAXMT_CACHE_DIR", path or str(Path.home() / ".cache" / "purejaxmt" / "xla"))
-    if not path:
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    return path
-
-
-def accelerator_present() -> bool:
-    return jax.default_backend() != "cpu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +65,10 @@ def parse_command(presets: dict[str, Preset], argv: list[str] | None = None,
                   description: str | None = None) -> Command:
     """The resolved configs of a command line (see the module docstring); `SystemExit` for an unknown preset."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    resume = _peek_flag(argv, "--resume")
+    resume = peek_flag(argv, "--resume")
     if resume is not None:
         return resumed_command(Path(resume), argv, description)
-    preset_name = _peek_flag(argv, "--preset")
+    preset_name = peek_flag(argv, "--preset")
     if preset_name is None:
         preset_name = "paper" if accelerator_present() else "cpu"
         print(f"[purejaxmt] no --preset given: using '{preset_name}' "
@@ -193,7 +174,7 @@ def resumed_command(directory: Path, argv: list[str], description: str | None = 
                                argv=tuple(record.get("command", {}).get("argv", ())))
 
 
-def main(experiment: str, agent_module: ModuleType, presets: dict[str, Preset], argv: list[str] | None = None,
+def main(experiment: str, agent_spec: AgentSpec, presets: dict[str, Preset], argv: list[str] | None = None,
          description: str | None = None) -> Path:
     """Parses the command line and runs it: one multi-task run, a sweep, or `--single-task-baselines`; with
     `--resume DIR` alone, whichever the directory holds. Then the after-run jobs (`after_run`)."""
@@ -201,21 +182,21 @@ def main(experiment: str, agent_module: ModuleType, presets: dict[str, Preset], 
     initialize_distributed(argv)  # before anything starts JAX's backend
     command = parse_command(presets, argv, description)
     if command.resume is not None:
-        check_experiment(command.resume, experiment, agent_module)
+        check_experiment(command.resume, experiment, agent_spec)
     enable_compilation_cache()
     if command.single_task_baselines:
         if command.is_sweep:
             raise SystemExit("--single-task-baselines and --sweep/--variant do not combine: run them separately")
-        root = baselines.single_task_baselines(experiment, agent_module, command)
+        root = baselines.single_task_baselines(experiment, agent_spec, command)
         for task in rundir.load_saved_config(root)["single_task_baselines"]:
             if study.member_rule(root / task, command.loop.num_chunks) == "finished":
                 after_run(root / task, command.run, finished=True)
         return root
     if command.is_sweep:
-        return sweep.run_sweep(experiment, agent_module, command)
+        return sweep.run_sweep(experiment, agent_spec, command)
 
     def train(run_dir: Path | None, resume: Path | None) -> Path:
-        return loop.run(experiment, agent_module, command.agent, command.loop, command.run, run_dir=run_dir,
+        return loop.run(experiment, agent_spec, command.agent, command.loop, command.run, run_dir=run_dir,
                         resume=resume, preset=command.preset)
 
     if command.resume is None:
@@ -232,174 +213,23 @@ def after_run(run_dir: Path, run_config: RunConfig, finished: bool) -> None:
     `--run.video` (once finished) videos of run 0's evaluation policy."""
     if jax.process_index() != 0 or not (Path(run_dir) / "config.json").is_file():
         return
-    from purejaxmt import envs, plotting
+    from purejaxmt import envs
+    from purejaxmt.report import plotting
 
     plotting.plot_learning_curves(run_dir, list(envs.resolve(run_config.tasks)))
     if run_config.video and finished:
-        from purejaxmt import render  # only when asked: MuJoCo's renderer, imageio
+        from purejaxmt.report import render  # only when asked: MuJoCo's renderer, imageio
 
         render.after_run(run_dir)  # videos/<task>_return-<R>.mp4 of run 0; a failure is reported, not raised
 
 
-def check_experiment(directory: Path, experiment: str, agent_module: ModuleType) -> None:
+def check_experiment(directory: Path, experiment: str, agent_spec: AgentSpec) -> None:
     """Refuses a directory of another experiment script or agent, naming what it is."""
     record = rundir.load_saved_config(directory)
     made_by = record.get("experiment", "")
     if made_by not in (experiment, f"{experiment}_sweep", f"{experiment}_single_task"):
         raise SystemExit(f"--resume {directory}: it was made by experiment {made_by!r}, not {experiment!r}; resume it "
                          "with that experiment's script")
-    if record.get("agent_module") != agent_module.__name__:
+    if record.get("agent_module") != agent_spec.name:
         raise SystemExit(f"--resume {directory}: its agent is {record.get('agent_module')!r}, this experiment's "
-                         f"{agent_module.__name__!r}")
-
-
-def initialize_distributed(argv: list[str]) -> bool:
-    """Joins a multi-process job (JAX's own multi-controller runtime, `jax.distributed.initialize`) when the command
-    line or the environment names one: `--coordinator-address host:port --num-processes N --process-id i`, or the
-    variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`. On a TPU pod slice or under SLURM,
-    `--num-processes auto` lets JAX detect everything. Returns whether a job was joined."""
-    address = _peek_flag(argv, "--coordinator-address") or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    count = _peek_flag(argv, "--num-processes") or os.environ.get("JAX_NUM_PROCESSES")
-    index = _peek_flag(argv, "--process-id") or os.environ.get("JAX_PROCESS_ID")
-    if address is None and count is None and index is None:
-        return False
-    if count == "auto":
-        jax.distributed.initialize()
-    else:
-        if address is None or count is None or index is None:
-            raise SystemExit("a multi-process job needs all of --coordinator-address, --num-processes and "
-                             f"--process-id (got {address!r}, {count!r}, {index!r}), or --num-processes auto on a "
-                             "TPU pod or SLURM")
-        jax.distributed.initialize(address, num_processes=int(count), process_id=int(index))
-    print(f"[purejaxmt] process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
-          f"of {jax.device_count()} devices", flush=True)
-    watch_peers(argv)
-    return True
-
-
-# How long a peer may stay silent before this process declares it lost (`PUREJAXMT_PEER_TIMEOUT`, seconds).
-PEER_TIMEOUT = 30.0
-LOST_PEER_EXIT = 75  # EX_TEMPFAIL: the job can be continued
-
-
-def watch_peers(argv: list[str], timeout: float | None = None, interval: float = 1.0) -> threading.Thread:
-    """A daemon thread that keeps this process's heartbeat in the job's key-value store and stops this process with
-    one line when another process is lost (silent for `timeout` s, or, for process 0's peers, the coordinator
-    unreachable). Without it, a SIGKILLed peer leaves the others blocked in a collective until JAX's coordination
-    service aborts them with a C++ check failure (72 s, exit code 134). A process that ends normally says so first
-    (`atexit`), so the others do not mistake its exit for a loss. A collective cut by a lost peer raises at once
-    (gloo: "connection reset by peer"): an uncaught exception first waits until every peer has beaten again (it was
-    not a loss; the traceback follows) or the lost peer is named, so the exception does not lead into JAX's shutdown
-    barrier and its abort."""
-    timeout = float(os.environ.get("PUREJAXMT_PEER_TIMEOUT", timeout or PEER_TIMEOUT))
-    client = distributed.global_state.client
-    me, count = jax.process_index(), jax.process_count()
-    resume = _peek_flag(argv, "--resume") or _peek_flag(argv, "--run-dir") or "<its run or study dir>"
-    exiting = threading.Event()
-
-    def beat_of(peer: int) -> str | None:
-        try:
-            return _try_get(client, f"purejaxmt/alive/{peer}")
-        except Exception:  # noqa: BLE001 - the coordination service itself is gone
-            return None
-
-    def at_exit() -> None:  # registered after JAX's own shutdown hook, so it runs before it
-        _quietly(lambda: client.key_value_set(f"purejaxmt/done/{me}", "1", True))
-        # JAX's shutdown barrier aborts with a C++ trace when a peer is gone: before it, every peer must have
-        # ended too or beat again; one silent for longer than `timeout` was lost, and this process says so.
-        beats_then = {peer: beat_of(peer) for peer in heard}
-        waiting_since = time.monotonic()
-        while time.monotonic() - waiting_since < timeout + 5 * interval:
-            if all(peer in done or _try_done(peer) or beat_of(peer) != beats_then[peer] for peer in heard):
-                break
-            time.sleep(interval / 5)
-        else:
-            silent = [peer for peer in heard if not _try_done(peer) and beat_of(peer) == beats_then[peer]]
-            if silent:
-                stop(f"process {silent[0]} was lost (no heartbeat for {timeout:.0f} s)")
-        exiting.set()  # from here on a silent peer or a closed service is the job ending, not a loss
-
-    def _try_done(peer: int) -> bool:
-        try:
-            return _try_get(client, f"purejaxmt/done/{peer}") is not None
-        except Exception:  # noqa: BLE001 - the coordination service itself is gone
-            return False
-
-    atexit.register(at_exit)
-
-    def stop(lost: str) -> None:
-        if exiting.is_set():
-            return
-        print(f"[purejaxmt] process {me} of {count}: {lost}; stopping. Continue the job with --resume {resume} (and "
-              "the same --coordinator-address, --num-processes, --process-id) on every process", file=sys.stderr,
-              flush=True)
-        os._exit(LOST_PEER_EXIT)
-
-    heard = {peer: (None, time.monotonic()) for peer in range(count) if peer != me}  # last beat seen, and when
-    done: set[int] = set()
-
-    def watch() -> None:
-        beats = 0
-        while not exiting.is_set():
-            try:
-                beats += 1
-                client.key_value_set(f"purejaxmt/alive/{me}", str(beats), True)
-                for peer, (last, when) in list(heard.items()):
-                    if peer in done or _try_get(client, f"purejaxmt/done/{peer}"):
-                        done.add(peer)
-                        continue
-                    value = _try_get(client, f"purejaxmt/alive/{peer}")
-                    if value != last:
-                        heard[peer] = (value, time.monotonic())
-                    elif time.monotonic() - when > timeout:
-                        stop(f"process {peer} was lost (no heartbeat for {timeout:.0f} s)")
-            except Exception as error:  # noqa: BLE001 - the coordination service itself is gone
-                if me != 0:
-                    stop(f"process 0 (the job's coordinator) was lost ({type(error).__name__})")
-                return
-            time.sleep(interval)
-
-    previous_hook = sys.excepthook
-
-    def on_uncaught(kind: type, value: BaseException, trace: Any) -> None:
-        raised = time.monotonic()
-        beats_then = {peer: beat_of(peer) for peer in heard}
-        while time.monotonic() - raised < timeout + 5 * interval:  # the watch thread exits here on a loss
-            if all(peer in done or when > raised for peer, (_, when) in heard.items()):
-                break  # every peer beat after the error: not a loss
-            time.sleep(interval / 5)
-        else:  # the watch thread said nothing (a loaded machine can starve it): read the peers' beats here
-            silent = [peer for peer in heard if peer not in done and beat_of(peer) == beats_then[peer]]
-            if silent:  # no beat for longer than `timeout`: lost, and JAX's shutdown barrier would abort
-                stop(f"process {silent[0]} was lost (no heartbeat for {timeout:.0f} s)")
-        previous_hook(kind, value, trace)
-
-    sys.excepthook = on_uncaught
-    thread = threading.Thread(target=watch, name="purejaxmt-peer-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def _try_get(client: Any, key: str) -> str | None:
-    try:
-        return client.key_value_try_get(key)
-    except Exception as error:  # noqa: BLE001 - a missing key raises NOT_FOUND; anything else is a lost service
-        if "NOT_FOUND" in str(error) or "not found" in str(error).lower():
-            return None
-        raise
-
-
-def _quietly(action: Callable[[], Any]) -> None:
-    try:
-        action()
-    except Exception:  # noqa: BLE001 - at exit, a gone service is no news
-        pass
-
-
-def _peek_flag(argv: list[str], flag: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+                         f"{agent_spec.name!r}")

@@ -18,7 +18,7 @@ Definitions:
   that finished no episode are null and skipped). A run with no evaluation of a task is *missing* there, reported and
   left out of that task's cell; an unfinished run counts with the evaluations it has, and is named in the report.
 - A task cell is the IQM over the setting's runs of their final scores (with 1-3 seeds that is their mean) with a
-  95% stratified-bootstrap CI (`purejaxmt.stats`).
+  95% stratified-bootstrap CI (`purejaxmt.report.stats`).
 - The aggregate is the IQM over runs x tasks of per-task normalised final scores: each task is scaled by the min
   (-> 0) and max (-> 1) of the final scores of all runs of the sweep on that task, so every task weighs the same
   whatever its return scale; it uses the runs that have a final score on every task (tasks that no run evaluated
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purejaxmt import stats
+from purejaxmt.report import stats
 
 AGGREGATE_PLOT = "all-tasks-normalised"
 
@@ -414,7 +414,7 @@ def _write(sweep: Sweep, summary: dict, reps: int, seed: int) -> Path:
 
 def video_links(report_dir: Path) -> str:
     """A markdown line linking the videos in the report's run dirs (`<run dir>/videos/*.mp4`, written by
-    `purejaxmt.render`: `--run.video` or `experiments/render.py`), or "" where there are none."""
+    `purejaxmt.report.render`: `--run.video` or `experiments/render.py`), or "" where there are none."""
     videos = sorted(Path(report_dir).glob("*/videos/*.mp4"))
     if not videos:
         return ""

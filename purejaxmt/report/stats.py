@@ -8,7 +8,7 @@ own seeded random state, so a result depends on its scores, `reps` and `seed` on
 before it). rliable's papers use 50,000 bootstrap replications; `DEFAULT_REPS` is smaller so that a report
 over a sweep takes seconds; pass more for numbers you publish.
 
-rliable (and arch, its bootstrap) are imported on the first estimate, so `import purejaxmt.stats` stays cheap.
+rliable (and arch, its bootstrap) are imported on the first estimate, so `import purejaxmt.report.stats` stays cheap.
 """
 
 from __future__ import annotations

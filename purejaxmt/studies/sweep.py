@@ -12,7 +12,7 @@ separate programs, trained one after another, each an ordinary resumable run dir
     SWEEP_DIR/sweep.json                  the index: settings, programs, runs
     SWEEP_DIR/runs/<setting>/seed-<s>/config.json   each run's own resolved configs
     SWEEP_DIR/program-<k>/                one program's run dir (metrics rows name their `run` and `setting`)
-    SWEEP_DIR/ablation.md, plots/         the report (`purejaxmt.ablation`), written when the sweep ends
+    SWEEP_DIR/ablation.md, plots/         the report (`purejaxmt.report.ablation`), written when the sweep ends
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import time
 import types
 import typing
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jax
 
 from purejaxmt import envs, offpolicy
+from purejaxmt.agents import AgentSpec
 from purejaxmt.runner import devices, loop, provenance, rundir, study
 
 SECTIONS = ("agent", "loop")
@@ -136,11 +136,11 @@ def apply(agent_config: Any, loop_config: offpolicy.LoopConfig, values: dict) ->
         raise ValueError(f"sweep setting {values}: {error}") from error
 
 
-def data_fields(agent_module: ModuleType) -> set[str]:
+def data_fields(agent_spec: AgentSpec) -> set[str]:
     """The fields that are data (`Hyper`) and so can vary inside one program."""
     loop_fields = {field.name for field in dataclasses.fields(offpolicy.Hyper) if field.name != "agent"}
     return ({f"loop.{name}" for name in loop_fields}
-            | {f"agent.{field.name}" for field in dataclasses.fields(agent_module.Hyper)})
+            | {f"agent.{field.name}" for field in dataclasses.fields(agent_spec.hyper_type)})
 
 
 def _label(values: dict) -> str:
@@ -171,10 +171,10 @@ def settings(sweeps: list[str], variants: list[str], agent_config: Any,
     return [Setting(label, point) for label, point in zip(labels, points)]
 
 
-def plan_programs(points: list[Setting], agent_module: ModuleType, one_program: bool = False) -> list[ProgramPlan]:
+def plan_programs(points: list[Setting], agent_spec: AgentSpec, one_program: bool = False) -> list[ProgramPlan]:
     """Groups settings by their shape-changing values: one program per group, in order of first appearance.
     `one_program` refuses a sweep that needs several (naming the shape-changing fields)."""
-    free = data_fields(agent_module)
+    free = data_fields(agent_spec)
     groups: dict[str, list[Setting]] = {}
     shapes: dict[str, dict] = {}
     for point in points:
@@ -194,18 +194,18 @@ def run_name(label: str, seed: int) -> str:
     return f"{label}/seed-{seed}"
 
 
-def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report: bool = True,
+def run_sweep(experiment: str, agent_spec: AgentSpec, command: Any, *, report: bool = True,
               progress_fn: loop.ProgressFn | None = None) -> Path:
     """Trains every setting x seed of `command` (see the module docstring) and returns the sweep directory.
     `progress_fn` is passed to each program's `loop.run` (returning False stops the sweep, as SIGINT does)."""
     run_config = command.run
     points = settings(command.sweep, command.variants, command.agent, command.loop)
-    plans = plan_programs(points, agent_module, command.one_program)
+    plans = plan_programs(points, agent_spec, command.one_program)
     configs = {point.label: apply(command.agent, command.loop, point.values) for point in points}
     seeds = [run_config.seed + i for i in range(run_config.seeds)]
     sweep_experiment = f"{experiment}_sweep"
     root = Path(command.resume or command.run_dir or rundir.new_run_dir(sweep_experiment))
-    record = {**rundir.config_record(sweep_experiment, agent_module, command.agent, command.loop, run_config,
+    record = {**rundir.config_record(sweep_experiment, agent_spec, command.agent, command.loop, run_config,
                                      command.preset),
               "sweep": list(command.sweep), "variants": list(command.variants)}
     if command.resume is not None:
@@ -220,7 +220,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         devices.padded_num_runs(num_runs, len(devices.devices_for_runs(num_runs, run_config.devices)[0]))
     loop.sync("purejaxmt: sweep dir checked")  # no process writes before every process has checked
 
-    index = {"experiment": experiment, "agent_module": agent_module.__name__, "preset": command.preset,
+    index = {"experiment": experiment, "agent_module": agent_spec.name, "preset": command.preset,
              "sweep": list(command.sweep), "variants": list(command.variants),
              "fields": sorted({field for point in points for field in point.values}),
              "tasks": list(envs.resolve(run_config.tasks)), "seeds": seeds,
@@ -246,7 +246,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
                 agent_config, loop_config = configs[point.label]
                 for seed in seeds:
                     run_record = rundir.config_record(
-                        sweep_experiment, agent_module, agent_config, loop_config,
+                        sweep_experiment, agent_spec, agent_config, loop_config,
                         dataclasses.replace(run_config, seed=seed, seeds=1), command.preset)
                     path = root / "runs" / run_name(point.label, seed) / "config.json"
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         agent_config, loop_config = configs[plan.settings[0].label]
         runs = []
         for point in plan.settings:
-            hyper = offpolicy.hyper_of(agent_module, *configs[point.label])
+            hyper = offpolicy.hyper_of(agent_spec, *configs[point.label])
             runs += [loop.RunSpec(seed=seed, hyper=hyper, labels={"run": run_name(point.label, seed),
                                                                   "setting": point.label}) for seed in seeds]
         extra = {"sweep_program": plan.name, "settings": [point.values for point in plan.settings],
@@ -267,7 +267,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         def train(run_dir: Path | None, resume: Path | None) -> None:
             loop.say(f"[purejaxmt] {plan.name} ({number} of {len(plans)}, {time.perf_counter() - sweep_start:.0f} s "
                      f"into the sweep): {[point.label for point in plan.settings]} x {len(seeds)} seed(s)")
-            loop.run(sweep_experiment, agent_module, agent_config, loop_config, run_config, preset=command.preset,
+            loop.run(sweep_experiment, agent_spec, agent_config, loop_config, run_config, preset=command.preset,
                      run_dir=run_dir, resume=resume, runs=runs, record_extra=extra, progress_fn=progress_fn)
 
         return study.Member(plan.name, loop_config.num_chunks, train)
@@ -280,7 +280,7 @@ def run_sweep(experiment: str, agent_module: ModuleType, command: Any, *, report
         return root
 
     if report and jax.process_index() == 0:
-        from purejaxmt import ablation  # matplotlib and rliable load only here
+        from purejaxmt.report import ablation  # matplotlib and rliable load only here
 
         print(f"[purejaxmt] sweep done: {ablation.report(root)}")
     return root

@@ -4,7 +4,7 @@ min-max band.
 No import-time side effects: figures are drawn with matplotlib's object-oriented API (`matplotlib.figure.Figure`,
 `fig.savefig`), never pyplot, so no backend is selected (a user's interactive session keeps its own) and no global
 figure registry fills up; `savefig` renders PNGs with Agg whatever the backend. Matplotlib itself is imported on
-the first plot, so `import purejaxmt.plotting` (and `read_metrics`) stay cheap.
+the first plot, so `import purejaxmt.report.plotting` (and `read_metrics`) stay cheap.
 """
 
 from __future__ import annotations
