@@ -27,6 +27,7 @@ import tyro
 from purejaxmt import runner
 from purejaxmt.agents import brc
 from purejaxmt.offpolicy import LoopConfig
+from purejaxmt.report import stats
 from purejaxmt.runner import saved, study
 from purejaxmt.studies import transfer
 from purejaxmt.studies.transfer import TransferPreset
@@ -101,6 +102,8 @@ class Args:
     """Env steps per task of the source run (default: the preset's)."""
     steps: int | None = None
     """Env steps per task of the transfer run (default: the preset's)."""
+    reps: int = stats.DEFAULT_REPS
+    """Bootstrap replications of each interval of the report."""
 
 
 def main(args: Args, given: tuple[str, ...] = ()) -> Path:
@@ -133,7 +136,7 @@ def main(args: Args, given: tuple[str, ...] = ()) -> Path:
     loop_config = preset.loop if args.steps is None else dataclasses.replace(preset.loop, total_steps=args.steps)
     return transfer.run_transfer(out, args.preset, preset, source_dir=args.source, seeds=args.seeds,
                                  source_loop=source_loop, loop_config=loop_config, recorded=recorded, argv=given,
-                                 resume=args.resume is not None)
+                                 resume=args.resume is not None, reps=args.reps)
 
 
 if __name__ == "__main__":

@@ -217,7 +217,7 @@ def test_transfer_experiment_end_to_end(tmp_path):
     transfer run, the `embedding` runs' trunks equal the source's bit for bit and their new rows moved; the `all`
     runs' trunks moved; the report names the three modes; a finished experiment is not run again on --resume."""
     experiment = load_experiment()
-    out = experiment.main(experiment.Args(preset="smoke", out=tmp_path / "exp"))
+    out = experiment.main(experiment.Args(preset="smoke", out=tmp_path / "exp", reps=100))  # a quicker report
     source, after = saved.load(out / "source"), saved.load(out / "transfer")
     assert after.task_names == ("cartpole-balance", "cartpole-swingup", "cartpole-balance-sparse")
     assert after.num_runs == 6 and after.agent_config.new_task_rows == (2,)
@@ -239,10 +239,11 @@ def test_transfer_experiment_end_to_end(tmp_path):
     assert all(f"| {mode}" in text for mode in transfer.MODES) and "cartpole-balance-sparse" in text
     assert (out / "retention" / "ablation.md").is_file() and (out / "plots" / "cartpole-balance-sparse.png").is_file()
     summary = json.loads((out / "transfer.json").read_text())
-    assert [setting["label"] for setting in summary["settings"]] == list(transfer.MODES)
+    assert [setting["label"] for setting in summary["settings"]] == list(transfer.MODES) and summary["reps"] == 100
     with pytest.raises(SystemExit, match="exists"):
         experiment.main(experiment.Args(preset="smoke", out=out))
-    experiment.main(experiment.Args(resume=out))  # both runs finished: only the report again
+    experiment.main(experiment.Args(resume=out))  # both runs finished: only the report again (its saved reps)
+    assert json.loads((out / "transfer.json").read_text())["reps"] == 100
     assert len((out / "transfer" / "metrics.jsonl").read_text().splitlines()) == 2 * 6
     with pytest.raises(SystemExit, match="--steps cannot change a resumed transfer study"):
         experiment.main(experiment.Args(resume=out, steps=60), given=("--resume", "--steps"))

@@ -148,10 +148,10 @@ def saved_args(out: Path) -> dict:
 
 def run_transfer(out: Path, preset_name: str, preset: TransferPreset, *, source_dir: Path | None, seeds: int | None,
                  source_loop: LoopConfig, loop_config: LoopConfig, recorded: dict, argv: Sequence[str],
-                 resume: bool) -> Path:
+                 resume: bool, reps: int = 2000) -> Path:
     """The study in `out`: the source run (unless `source_dir` names a trained one), then the transfer run, each by
     the study's member rule, then the report. `recorded`: the arguments the plan is saved with (a resume reads them
-    back, `saved_args`); `argv`: the command line's flags."""
+    back, `saved_args`); `argv`: the command line's flags; `reps`: the report's bootstrap replications."""
     targets = envs.resolve(preset.targets)
     train_source_run = source_dir is None
     source_dir = out / "source" if source_dir is None else Path(source_dir)
@@ -195,11 +195,11 @@ def run_transfer(out: Path, preset_name: str, preset: TransferPreset, *, source_
         runs = [loop.RunSpec(seed=source.run_config.seed + seed, labels={"run": f"{mode}/seed-{seed}",
                                                                            "setting": mode})
                 for mode in MODES for seed in range(seeds or source.num_runs)]
-    return write_report(out, preset_name, source_dir, source, targets, runs)
+    return write_report(out, preset_name, source_dir, source, targets, runs, reps)
 
 
 def write_report(out: Path, preset_name: str, source_dir: Path, source: saved.SavedRun, targets: Sequence[str],
-                 runs: list[loop.RunSpec]) -> Path:
+                 runs: list[loop.RunSpec], reps: int) -> Path:
     """`out/transfer.md` (+ `.json`, `plots/`) on the targets and `out/retention/` on the source tasks: per task the
     IQM of the final evaluation returns over seeds, with intervals, P(mode > scratch) and curves."""
     from purejaxmt.report import ablation  # matplotlib and rliable load only here
@@ -209,12 +209,13 @@ def write_report(out: Path, preset_name: str, source_dir: Path, source: saved.Sa
             "sweep": [f"source: {source_dir} ({', '.join(source.task_names)})", f"targets: {', '.join(targets)}",
                       "modes: scratch (random init), embedding (only the new rows learn), all (fine-tune)"]}
     run_entries = [{"name": run.labels["run"], "setting": run.labels["setting"], "seed": run.seed} for run in runs]
-    report = ablation.write_report(ablation.Sweep(out, spec, list(MODES), list(targets), run_entries, rows))
+    report = ablation.write_report(ablation.Sweep(out, spec, list(MODES), list(targets), run_entries, rows),
+                                    reps=reps)
     report = report.rename(out / "transfer.md")
     (out / "ablation.json").rename(out / "transfer.json")
     (out / "retention").mkdir(exist_ok=True)
     ablation.write_report(ablation.Sweep(out / "retention", spec, list(MODES), list(source.task_names),
-                                         run_entries, rows))
+                                         run_entries, rows), reps=reps)
     print(report.read_text())
     print(f"[transfer] done: {report} (retention on the source tasks: {out / 'retention' / 'ablation.md'})")
     return out
