@@ -125,6 +125,8 @@ def grow(saved: dict, template: Any, source_tasks: Sequence[str], tasks: Sequenc
 
 @dataclasses.dataclass(frozen=True)
 class TransferPreset:
+    """A named transfer experiment: the source run's preset, the new tasks, and the transfer run's loop."""
+
     source: Preset
     """The source run (its `run.tasks` are the source tasks, `run.seeds` its seeds)."""
     targets: str
