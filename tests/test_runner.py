@@ -274,3 +274,20 @@ def test_resume_and_run_dir_guards(tmp_path):
         runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, resume=run_dir)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, resume=tmp_path / "missing")
+
+
+def test_a_run_directory_finds_its_agent_by_the_recorded_name(tmp_path):
+    """config.json records the agent's `AgentSpec.name`; the saved-run reader finds the spec by it, and names an
+    agent it cannot load (no such module, or a module without an `AGENT_SPEC`)."""
+    from purejaxmt.agents import load_spec
+    from purejaxmt.runner import rundir, saved
+
+    assert brc.AGENT_SPEC.name == "purejaxmt.agents.brc" and load_spec(brc.AGENT_SPEC.name) is brc.AGENT_SPEC
+    assert load_spec(brc_discrete.AGENT_SPEC.name) is brc_discrete.AGENT_SPEC
+    record = json.loads(json.dumps(rundir.config_record("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, "tiny")))
+    assert record["agent_module"] == "purejaxmt.agents.brc"
+    assert saved.configs_of(record, tmp_path)["agent_spec"] is brc.AGENT_SPEC
+    for name, reason in (("purejaxmt.agents.nothing", "No module named"), ("purejaxmt.nets", "AGENT_SPEC")):
+        message = rf"names agent module '{re.escape(name)}', which cannot be loaded.*{reason}"
+        with pytest.raises(ValueError, match=message):
+            saved.configs_of({**record, "agent_module": name}, tmp_path)
