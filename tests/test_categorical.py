@@ -210,12 +210,14 @@ def test_project_hand_example():
     np.testing.assert_allclose(np.asarray(_project(atoms, probs, support)), [[0.0, 0.5, 0.5], [0.75, 0.25, 0.0]])
 
 
-def test_project_rejects_mismatched_shapes():
+def test_project_rejects_bad_shapes_naming_them():
     support = categorical.make_support(5)
     with pytest.raises(AssertionError):
         categorical.project(jnp.zeros((2, 5)), jnp.zeros((3, 5)), support)
     with pytest.raises(AssertionError):
         categorical.project(jnp.zeros((2, 5)), jnp.zeros((2, 5)), support[None])
+    with pytest.raises(ValueError, match=r"the support needs at least 2 atoms, got shape \(1,\)"):
+        categorical.project(jnp.zeros((2, 5)), jnp.zeros((2, 5)), support[:1])
 
 
 def test_make_support():
