@@ -220,6 +220,17 @@ def test_project_rejects_bad_shapes_naming_them():
         categorical.project(jnp.zeros((2, 5)), jnp.zeros((2, 5)), support[:1])
 
 
+def test_positions_far_outside_the_support_keep_their_mass_at_its_ends():
+    """Beyond the ends, however far (1e12: `(x - s_0) / dz` is past int32) and at +-inf, a position gives all its mass
+    to the end atom on its side."""
+    support = categorical.make_support(11, -1.0, 1.0)
+    atoms = jnp.array([[1e12, -1e12, jnp.inf, -jnp.inf, 3.0]])
+    probs = jnp.array([[0.1, 0.2, 0.3, 0.15, 0.25]])
+    projected = np.asarray(categorical.project(atoms, probs, support))
+    np.testing.assert_allclose(projected[0, [0, -1]], [0.35, 0.65], rtol=1e-6)
+    np.testing.assert_array_equal(projected[0, 1:-1], 0.0)
+
+
 def test_make_support():
     support = categorical.make_support()
     assert support.shape == (101,) and support.dtype == jnp.float32

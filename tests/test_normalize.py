@@ -348,3 +348,8 @@ def test_state_shapes_and_dtypes_and_bad_inputs():
         normalize.update(state, jnp.ones((3, 5)), jnp.zeros((3, 5), bool), jnp.zeros((3, 5), bool), GAMMA)
     with pytest.raises(ValueError):
         normalize.init(3, 4, 0)
+    # A per-task correction must have one entry per task: a [1] one would broadcast silently over 3 tasks.
+    with pytest.raises(AssertionError):
+        normalize.scale(state, V_MAX, jnp.ones(1))
+    with pytest.raises(AssertionError):
+        normalize.scale(state, V_MAX, jnp.ones((3, 1)))

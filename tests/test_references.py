@@ -30,7 +30,9 @@ from purejaxmt.envs import ActionSpec, EnvSpec
 
 NUM_TASKS, PER_TASK, OBS_DIM, ACTION_DIM, GAMMA = 3, 8, 5, 3, 0.99
 ROWS = NUM_TASKS * PER_TASK
-ACTION_MASK = np.array([[True, True, True], [True, True, False], [True, False, False]])  # |A_i| = 3, 2, 1
+# |A_i| = 3, 1, 2: not symmetric, so a sum over the wrong axis of the mask (the tasks' instead of the entries')
+# gives other counts.
+ACTION_MASK = np.array([[True, True, True], [True, False, False], [True, True, False]])
 SPEC = EnvSpec(task_names=("a", "b", "c"), obs_shape=(OBS_DIM,), obs_dtype=np.float32,
                action=ActionSpec(discrete=False, size=ACTION_DIM, mask=ACTION_MASK), episode_length=(20,) * NUM_TASKS)
 SMALL = dict(critic_width=32, critic_depth=1, actor_width=16, embed_dim=4, num_bins=21)
