@@ -8,9 +8,10 @@
    `PUREJAXMT_TRACE=1`: the runner prints a line before every compile, chunk and checkpoint write (`loop.trace`),
    which gives the run's timeline.
 2. Runs it again into OUT/interrupted and kills it with SIGKILL at N moments spread over that timeline's compiles,
-   chunks and checkpoint writes: at a compile or a chunk halfway through it (its duration in the uninterrupted run),
-   at a checkpoint as it starts writing. After each kill it continues with `<script> --resume OUT/interrupted` and
-   nothing else, as a user after a preemption would.
+   chunks and checkpoint writes: at a compile or a chunk halfway through it (its duration in the uninterrupted run;
+   at the latest as the next moment starts, since a compile the cache now serves is shorter), at a checkpoint as it
+   starts writing. After each kill it continues with `<script> --resume OUT/interrupted` and nothing else, as a user
+   after a preemption would; a moment the resumed run starts beyond passes to the next one ahead.
 3. Prints a table (each kill, where it landed) and "identical" when every metrics row of every member run equals the
    uninterrupted run's (wall-clock fields aside) with no row lost or duplicated, else the first row that differs.
 Exits 0 when identical, 1 otherwise. Single-process commands only.
@@ -80,6 +81,29 @@ class Traced:
                     return False
                 self.changed.wait(0.5)
             return True
+
+    def first_of(self, events: list[str], timeout: float = 1800.0) -> str | None:
+        """Blocks until one of `events` is traced and returns it (the first traced), or None when the process ends
+        without any of them."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                seen = next((event for _, event in self.events if event in events), None)
+                if seen is not None:
+                    return seen
+                if not self.reader.is_alive() or time.monotonic() > deadline:
+                    return None
+                self.changed.wait(0.5)
+
+    def sleep_in_moment(self, event: str, delay: float) -> None:
+        """Sleeps `delay` s into the moment `event` began, or less: until the event after it is traced, so that a
+        kill aimed into a moment that is shorter now (a compile the cache serves) lands at the latest as the next one
+        starts."""
+        deadline = time.monotonic() + delay
+        with self.changed:
+            count = next(i for i, (_, seen) in enumerate(self.events) if seen == event) + 1
+            while len(self.events) == count and self.reader.is_alive() and time.monotonic() < deadline:
+                self.changed.wait(max(0.0, min(0.05, deadline - time.monotonic())))
 
     def finish(self, timeout: float | None = None) -> int:
         code = self.process.wait(timeout)
@@ -194,17 +218,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[faults] timeline: {len(timeline)} moments over {timeline[-1][0]:.0f} s; killing at {len(kills)}",
           flush=True)
 
-    table = []
+    table: list[tuple[int, str, str]] = []
     current = Traced([*command, flag, str(broken_dir)], log)
-    for number, (event, delay) in enumerate(kills, start=1):
-        if not current.wait_for(event):  # ended before the moment (the resume skipped it): the next kill
-            table.append((number, event, "not reached (the process ended first)"))
-            if current.finish() != 0:
-                raise SystemExit(f"a resumed command failed; see {log}")
-            current = Traced(_resume_command(command, broken_dir), log)
-            continue
+    number = 0
+    while number < len(kills):
+        # The next kill's moment, or a later one: a resume can start past a moment (an earlier kill landed beyond
+        # it, or the member it belongs to had finished), and then that kill passes to the next moment ahead.
+        ahead = [event for event, _ in kills[number:]]
+        seen = current.first_of(ahead)
+        if seen is None:  # the process ended before any of them
+            for event, _ in kills[number:]:
+                number += 1
+                table.append((number, event, "not reached (the process ended first)"))
+            break
+        while kills[number][0] != seen:
+            number += 1
+            table.append((number, kills[number - 1][0], "passed over (the resumed run started beyond it)"))
+        event, delay = kills[number]
+        number += 1
         before = partial_checkpoints(broken_dir)
-        time.sleep(delay)
+        current.sleep_in_moment(event, delay)
         current.process.kill()  # SIGKILL: no handler, no cleanup
         current.finish()
         last = current.events[-1][1] if current.events else None

@@ -117,6 +117,7 @@ def test_fault_tool_finds_single_task_baselines_identical_after_kills(tmp_path, 
     out = capsys.readouterr().out
     assert code == 0 and out.strip().endswith("identical"), out[-3000:]
     assert "| kill | aimed at" in out and "|    2 |" in out, out
+    assert out.count("| in '") == 2 and "not reached" not in out and "passed over" not in out, out  # both landed
 
 
 def test_a_run_with_overrides_resumes_from_its_directory_alone(tmp_path, capsys):
