@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import types
 from pathlib import Path
@@ -81,8 +82,10 @@ def test_flipped_bytes_fall_back_to_the_intact_checkpoint_and_finish_the_same_ru
     out = capsys.readouterr().out
     warning = [line for line in out.splitlines() if "is damaged" in line]
     assert len(warning) == 1, out[-3000:]
-    assert f"{damaged / 'checkpoints' / '3'} is damaged: leaf learner/" in warning[0] and "falling back to chunk 2" \
-        in warning[0], warning[0]
+    # Which leaf the flipped bytes hit depends on how orbax laid out the step's data files (its writes are
+    # concurrent): a learner leaf whose digest no longer matches, or a leaf whose data cannot be read at all.
+    assert re.search(rf"{re.escape(str(damaged / 'checkpoints' / '3'))} is damaged: leaf \S+ (does not match its "
+                     r"digest|cannot be read).*; falling back to chunk 2", warning[0]), warning[0]
     assert "resumed from chunk 2 " in out
     assert f"jax 0.0.1 -> {jax.__version__}" in out
     assert_same_rows(rundir.read_all_metrics(damaged), rundir.read_all_metrics(whole))
@@ -103,7 +106,7 @@ def test_a_truncated_file_falls_back_and_all_damaged_fails_clearly(whole, env, t
     flip_middles(ruined, 2)
     flip_middles(ruined, 3)
     with pytest.raises(checkpoints.NoIntactCheckpointError,
-                       match=r"no intact checkpoint in .*chunk 3: leaf learner/.*; chunk 2: leaf learner/"):
+                       match=r"no intact checkpoint in .*chunk 3: leaf \S+ .*; chunk 2: leaf \S+ "):
         runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=ruined)
     assert (ruined / "checkpoints" / "2").is_dir() and (ruined / "checkpoints" / "3").is_dir()
     # A step whose digests are missing (a save cut short after orbax's commit) is not trusted either.
