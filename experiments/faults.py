@@ -74,13 +74,7 @@ class Traced:
 
     def wait_for(self, event: str, timeout: float = 1800.0) -> bool:
         """Blocks until `event` is traced (True) or the process ends without it (False)."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not any(seen == event for _, seen in self.events):
-                if not self.reader.is_alive() or time.monotonic() > deadline:
-                    return False
-                self.changed.wait(0.5)
-            return True
+        return self.first_of([event], timeout) is not None
 
     def first_of(self, events: list[str], timeout: float = 1800.0) -> str | None:
         """Blocks until one of `events` is traced and returns it (the first traced), or None when the process ends

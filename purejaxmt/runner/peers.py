@@ -52,9 +52,8 @@ LOST_PEER_EXIT = 75  # EX_TEMPFAIL: the job can be continued
 def watch_peers(argv: list[str], timeout: float | None = None, interval: float = 1.0) -> threading.Thread:
     """A daemon thread that keeps this process's heartbeat in the job's key-value store and stops this process with
     one line when another process is lost (silent for `timeout` s, or, for process 0's peers, the coordinator
-    unreachable). Without it, a SIGKILLed peer leaves the others blocked in a collective until JAX's coordination
-    service aborts them with a C++ check failure (72 s, exit code 134). A process that ends normally says so first
-    (`atexit`), so the others do not mistake its exit for a loss. A collective cut by a lost peer raises at once
+    unreachable). A process that ends normally says so first (`atexit`), so the others do not mistake its exit for a
+    loss. A collective cut by a lost peer raises at once
     (gloo: "connection reset by peer"): an uncaught exception first waits until every peer has beaten again (it was
     not a loss; the traceback follows) or the lost peer is named, so the exception does not lead into JAX's shutdown
     barrier and its abort."""
@@ -117,8 +116,7 @@ def watch_peers(argv: list[str], timeout: float | None = None, interval: float =
                 beats += 1
                 client.key_value_set(f"purejaxmt/alive/{me}", str(beats), True)
                 for peer, (last, when) in list(heard.items()):
-                    if peer in done or _try_get(client, f"purejaxmt/done/{peer}"):
-                        done.add(peer)
+                    if ended(peer):
                         continue
                     value = _try_get(client, f"purejaxmt/alive/{peer}")
                     if value != last:

@@ -41,6 +41,7 @@ import numpy as np
 from purejaxmt import envs, offpolicy
 from purejaxmt.agents import brc
 from purejaxmt.offpolicy import LoopConfig
+from purejaxmt.report import stats
 from purejaxmt.runner import loop, saved, study
 from purejaxmt.runner.config import Preset, make_env
 from purejaxmt.treepaths import leaf_paths
@@ -150,14 +151,13 @@ def saved_args(out: Path) -> dict:
 
 def run_transfer(out: Path, preset_name: str, preset: TransferPreset, *, source_dir: Path | None, seeds: int | None,
                  source_loop: LoopConfig, loop_config: LoopConfig, recorded: dict, argv: Sequence[str],
-                 resume: bool, reps: int = 2000) -> Path:
+                 resume: bool, reps: int = stats.DEFAULT_REPS) -> Path:
     """The study in `out`: the source run (unless `source_dir` names a trained one), then the transfer run, each by
     the study's member rule, then the report. `recorded`: the arguments the plan is saved with (a resume reads them
     back, `saved_args`); `argv`: the command line's flags; `reps`: the report's bootstrap replications."""
     targets = envs.resolve(preset.targets)
     train_source_run = source_dir is None
     source_dir = out / "source" if source_dir is None else Path(source_dir)
-    runs: list[loop.RunSpec] = []
 
     def train_source(run_dir: Path | None, resume: Path | None) -> None:
         loop.run(f"{EXPERIMENT}_source", AGENT, preset.source.agent, source_loop, preset.source.run,
@@ -168,20 +168,21 @@ def run_transfer(out: Path, preset_name: str, preset: TransferPreset, *, source_
         source = load_source(source_dir)
         tasks = task_set(source.task_names, targets)
         config = agent_config(source.agent_config, source.task_names, tasks)
-        run_config = dataclasses.replace(source.run_config, tasks=",".join(tasks),
-                                         seeds=len(MODES) * (seeds or source.num_runs))
+        per_mode = seeds or source.num_runs
+        run_config = dataclasses.replace(source.run_config, tasks=",".join(tasks), seeds=len(MODES) * per_mode)
         env = make_env(run_config)
         agent = AGENT.make_agent(config, env.spec)
         template = jax.eval_shape(agent.init, jax.random.PRNGKey(0), AGENT.hyper_type.from_config(config))
+        runs = []
         for mode in MODES:
             hyper = offpolicy.hyper_of(
                 AGENT, agent_config(source.agent_config, source.task_names, tasks, mode), loop_config)
-            for seed in range(seeds or source.num_runs):
+            for seed in range(per_mode):
                 # A resume restores every learner from the transfer run's checkpoint: the source is not read again.
                 learner = None if mode == "scratch" or resume is not None else grow(
                     source.learner(seed % source.num_runs), template, source.task_names, tasks, source_dir)
                 runs.append(loop.RunSpec(seed=run_config.seed + seed, hyper=hyper, learner=learner,
-                                         labels={"run": f"{mode}/seed-{seed}", "setting": mode}))
+                                         labels={"run": run_name(mode, seed), "setting": mode}))
         loop.run(EXPERIMENT, AGENT, config, loop_config, run_config, env=env, runs=runs, preset=preset_name,
                  run_dir=run_dir, resume=resume,
                  record_extra={"transfer": {"source": str(source_dir), "modes": list(MODES)}})
@@ -192,25 +193,27 @@ def run_transfer(out: Path, preset_name: str, preset: TransferPreset, *, source_
                      {"args": recorded}, members, resume=resume)
     if not study.run_study(out, members):
         return out
-    source = load_source(source_dir)
-    if not runs:  # the transfer run was finished before: its run entries, as it named them
-        runs = [loop.RunSpec(seed=source.run_config.seed + seed, labels={"run": f"{mode}/seed-{seed}",
-                                                                           "setting": mode})
-                for mode in MODES for seed in range(seeds or source.num_runs)]
-    return write_report(out, preset_name, source_dir, source, targets, runs, reps)
+    return write_report(out, preset_name, source_dir, load_source(source_dir), targets, seeds, reps)
+
+
+def run_name(mode: str, seed: int) -> str:
+    """A transfer run's name in its rows and the report: `<mode>/seed-<i>`."""
+    return f"{mode}/seed-{seed}"
 
 
 def write_report(out: Path, preset_name: str, source_dir: Path, source: saved.SavedRun, targets: Sequence[str],
-                 runs: list[loop.RunSpec], reps: int) -> Path:
+                 seeds: int | None, reps: int) -> Path:
     """`out/transfer.md` (+ `.json`, `plots/`) on the targets and `out/retention/` on the source tasks: per task the
-    IQM of the final evaluation returns over seeds, with intervals, P(mode > scratch) and curves."""
+    IQM of the final evaluation returns over seeds, with intervals, P(mode > scratch) and curves. `seeds`: per mode
+    (None: the source's)."""
     from purejaxmt.report import ablation  # matplotlib and rliable load only here
 
     rows = ablation.run_rows(out / "transfer", "run")
     spec = {"experiment": EXPERIMENT, "agent_module": AGENT.name, "preset": preset_name,
             "sweep": [f"source: {source_dir} ({', '.join(source.task_names)})", f"targets: {', '.join(targets)}",
                       "modes: scratch (random init), embedding (only the new rows learn), all (fine-tune)"]}
-    run_entries = [{"name": run.labels["run"], "setting": run.labels["setting"], "seed": run.seed} for run in runs]
+    run_entries = [{"name": run_name(mode, seed), "setting": mode, "seed": source.run_config.seed + seed}
+                   for mode in MODES for seed in range(seeds or source.num_runs)]
     report = ablation.write_report(ablation.Sweep(out, spec, list(MODES), list(targets), run_entries, rows),
                                     reps=reps)
     report = report.rename(out / "transfer.md")
