@@ -29,8 +29,9 @@ MJX re-implementations, not dm_control itself.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -141,10 +142,34 @@ def build(tasks: Sequence[str]) -> list[Family]:
     for task in tasks:
         if humanoid_speed(task) is not None:
             if task == humanoid_tasks[0]:
-                families.append(HumanoidFamily(humanoid_tasks))
+                families.append(_family(HumanoidFamily, humanoid_tasks))
         else:
-            families.append(PlaygroundFamily(task))
+            families.append(_family(PlaygroundFamily, task))
     return families
+
+
+@functools.cache
+def _family(kind: type[Family], tasks: Any) -> Family:
+    """One family per task (or humanoid task set) and process. A family holds no run state, and building one costs
+    seconds (Playground parses the model's MJCF and builds its MJX model) as does tracing its one-env reset and step
+    (`vmap_envs`): a later env of the same tasks (a transfer's grown task set, the next member of a study, the
+    renderer) reuses both."""
+    return kind(tasks)
+
+
+@functools.cache
+def _humanoid_functions() -> tuple[Any, Callable, Callable]:
+    """The humanoid model (`humanoid-stand`'s Playground env: the tasks differ only in their move speed) and its
+    batched one-env reset and step, shared by the `HumanoidFamily` of every humanoid task set (see `_family`)."""
+    from mujoco_playground._src import mjx_env
+
+    env = load("humanoid-stand")
+
+    def step_one(data, action, move_speed):
+        data = mjx_env.step(env.mjx_model, data, action, env.n_substeps)
+        return data, env._get_obs(data, {}), humanoid_reward(env, data, action, move_speed)
+
+    return env, vmap_envs(env.reset), vmap_envs(step_one)
 
 
 def _physics_finite(data: mjx.Data) -> jax.Array:
@@ -210,7 +235,7 @@ class HumanoidFamily(Family):
             raise ValueError(f"HumanoidFamily takes tasks from {sorted(HUMANOID_SPEEDS)} or {TASK_PATTERNS}, got "
                              f"{list(task_names)}.")
         # One model for all tasks: the Playground humanoid tasks differ only in their move speed.
-        self.env = load("humanoid-stand")
+        self.env, self._reset_envs, self._step_envs = _humanoid_functions()
         self.task_names = task_names
         self.move_speeds = np.array([humanoid_speed(t) for t in task_names], np.float32)  # [n]
         self.obs_shape = (int(self.env.observation_size),)
@@ -218,15 +243,6 @@ class HumanoidFamily(Family):
         self.action_size = int(self.env.action_size)
         self.episode_length = int(self.env._config.episode_length)
         self.pooled_reset = True  # the reset runs an MJX forward pass: keep it out of the step program
-        # Built once, so that every E reuses the one-env traces (see `vmap_envs`).
-        self._reset_envs = vmap_envs(self.env.reset)
-        self._step_envs = vmap_envs(self._step_one)
-
-    def _step_one(self, data, action, move_speed):
-        from mujoco_playground._src import mjx_env
-
-        data = mjx_env.step(self.env.mjx_model, data, action, self.env.n_substeps)
-        return data, self.env._get_obs(data, {}), humanoid_reward(self.env, data, action, move_speed)
 
     def reset(self, keys):
         state = self._reset_envs(keys)  # deterministic in Playground 0.2.0; the keys flow in regardless
