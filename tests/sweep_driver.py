@@ -1,19 +1,12 @@
-"""A tiny BRC sweep on Gymnax Pendulum-v1, as a script, for the sweep tests that need fresh processes (8 fake devices;
-two processes of one `jax.distributed` job): `python tests/sweep_driver.py [command-line flags]`.
-
-`SWEEP_STOP_AT_CHUNK=k` (with `SWEEP_STOPPING_PROCESS=i`, default 0) makes process i ask to stop after chunk k, as
-SIGINT/SIGTERM would: every process of the job stops after that chunk and checkpoints."""
+"""A tiny BRC sweep on Gymnax Pendulum-v1, as a script, for the sweep tests that need a fresh process (8 fake devices):
+`python tests/sweep_driver.py [command-line flags]`. Its presets are also tests/study_driver.py's."""
 
 from __future__ import annotations
 
-import os
 import sys
-
-import jax
 
 from purejaxmt import cli, offpolicy, runner
 from purejaxmt.agents import brc
-from purejaxmt.runner import peers
 from purejaxmt.studies import sweep
 
 EXPERIMENT = "tiny"
@@ -26,16 +19,9 @@ PRESETS = {"tiny": runner.Preset(agent=AGENT, loop=LOOP, run=RUN, description="a
 
 
 def main(argv: list[str]) -> None:
-    peers.initialize_distributed(argv)
     runner.enable_compilation_cache()
     command = cli.parse_command(PRESETS, argv)
-    stop_at = int(os.environ.get("SWEEP_STOP_AT_CHUNK", "0"))
-    stopper = int(os.environ.get("SWEEP_STOPPING_PROCESS", "0"))
-
-    def progress(chunk: int, rows: list[dict]) -> bool:
-        return not (stop_at and chunk >= stop_at and jax.process_index() == stopper)
-
-    sweep.run_sweep(EXPERIMENT, brc.AGENT_SPEC, command, report=False, progress_fn=progress)
+    sweep.run_sweep(EXPERIMENT, brc.AGENT_SPEC, command, report=False)
 
 
 if __name__ == "__main__":

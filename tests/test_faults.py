@@ -1,6 +1,7 @@
 """Studies and runs survive SIGKILL anywhere and continue from their directory alone (`--resume DIR`, nothing else):
-a two-program sweep in two processes killed during a checkpoint write and before program 2's first checkpoint (both
-processes), and mid-chunk (process 1 alone), where process 0 stops with one clear line instead of JAX's C++ abort;
+a two-program sweep in two processes stopped by a SIGTERM to one process (both stop after the same chunk), killed
+during a checkpoint write and before program 2's first checkpoint (both processes), and mid-chunk (process 1 alone),
+where process 0 stops with one clear line instead of JAX's C++ abort;
 single-task baselines under `experiments/faults.py`; a single run started with overrides. Every interrupted study
 ends with the uninterrupted one's metrics rows, none lost or duplicated. Tiny Gymnax configs (tests/sweep_driver.py);
 the subprocesses share the tests' compilation cache."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -76,8 +78,19 @@ def test_two_process_sweep_killed_anywhere_resumes_from_its_directory_alone(tmp_
             process.process.kill()
             process.finish(timeout=60)
 
-    kill(job([*sweep_args, "--run-dir", str(root)]), "program-0 checkpoint 2")  # as the checkpoint is written
+    # Process 1 asks to stop as chunk 1 starts (SIGTERM, as a preemption notice): both processes finish that chunk,
+    # checkpoint it and exit cleanly; each process logged its own runs.
+    processes = job([*sweep_args, "--run-dir", str(root)])
+    assert processes[1].wait_for("program-0 chunk 1", timeout=300), "".join(processes[1].output)[-3000:]
+    processes[1].process.send_signal(signal.SIGTERM)
+    for process in processes:
+        assert process.finish(timeout=300) == 0, "".join(process.output)[-3000:]
+    program = root / "program-0"
+    assert rundir.last_logged_chunk(program) == 1 and (program / "checkpoints" / "1").is_dir()
+    assert (program / "metrics.jsonl").is_file() and (program / "metrics.process-1.jsonl").is_file()
     resume = ["--resume", str(root)]
+
+    kill(job(resume), "program-0 checkpoint 2")  # as the checkpoint is written
     # Program 2 started, before its first checkpoint. (Both processes: when process 0, which hosts JAX's
     # coordination service, is lost, JAX's client aborts the others at once with its own C++ message.)
     kill(job(resume), "program-1 chunk 1")
@@ -107,17 +120,36 @@ def test_two_process_sweep_killed_anywhere_resumes_from_its_directory_alone(tmp_
 
 
 def test_fault_tool_finds_single_task_baselines_identical_after_kills(tmp_path, monkeypatch, capsys):
-    """(A transfer needs a source of two tasks and a new one: MJX tasks, too slow to kill and resume here; the
-    transfer study's member rule is tested in-process in tests/test_transfer.py.)"""
+    """The killed and resumed baselines end as the uninterrupted ones, summary included; resuming the finished set
+    runs nothing again, and flags beside `--resume` or another kind of study are refused. (A transfer needs a source
+    of two tasks and a new one: MJX tasks, too slow to kill and resume here; the transfer study's member rule is
+    tested in-process in tests/test_transfer.py.)"""
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
-    command = [str(DRIVER), "--preset", "tiny", "--tasks", "Pendulum-v1,MountainCarContinuous-v0", "--seeds", "1",
-               "--steps", "80", "--single-task-baselines"]
+    command = [str(DRIVER), "--preset", "tiny", "--tasks", "classic-continuous", "--seeds", "1", "--steps", "80",
+               "--single-task-baselines"]
     code = faults.main(["--kills", "2", "--out", str(tmp_path / "faults"), "--", sys.executable, *command])
     out = capsys.readouterr().out
     assert code == 0 and out.strip().endswith("identical"), out[-3000:]
     assert "| kill | aimed at" in out and "|    2 |" in out, out
     assert out.count("| in '") == 2 and "not reached" not in out and "passed over" not in out, out  # both landed
+
+    root = tmp_path / "faults" / "interrupted"
+    summary = json.loads((root / "summary.json").read_text())
+    assert set(summary) == {"Pendulum-v1", "MountainCarContinuous-v0"}
+    assert all(entry["step"] == 80 and entry["seeds"] == 1 for entry in summary.values())
+    assert summary == json.loads((tmp_path / "faults" / "uninterrupted" / "summary.json").read_text())
+    assert json.loads((root / "config.json").read_text())["provenance"]["packages"]["jax"] == jax.__version__
+    task_config = json.loads((root / "Pendulum-v1" / "config.json").read_text())
+    tiny = PRESETS["tiny"].loop
+    assert task_config["loop"]["batch_size"] == tiny.batch_size // 2 and task_config["run"]["tasks"] == "Pendulum-v1"
+    cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--resume", str(root)])
+    assert capsys.readouterr().out.count("finished, skipped") == 2
+    with pytest.raises(SystemExit, match="--preset, --single-task-baselines cannot change a resumed run or study"):
+        cli.main(EXPERIMENT, brc.AGENT_SPEC, PRESETS, argv=["--preset", "tiny", "--single-task-baselines",
+                                                            "--resume", str(root)])
+    with pytest.raises(ValueError, match="as a sweep study: it is a 'baselines' study"):
+        study.open_study(root, "sweep", {}, {}, [], resume=True)
 
 
 def test_a_run_with_overrides_resumes_from_its_directory_alone(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The host runner on a cheap Gymnax task (Pendulum-v1): no host round-trip inside a chunk, seeds, resume from
-path-keyed checkpoints, single-task baselines, the command line, and clear errors for bad inputs."""
+path-keyed checkpoints, the command line, and clear errors for bad inputs."""
 
 import dataclasses
 import json
@@ -232,27 +232,6 @@ def test_command_line_presets_shorthands_and_help(capsys, monkeypatch):
     # A field's help is its docstring, not a section comment above it.
     assert "--agent.learning-rate FLOAT AdamW step size" in help_text, help_text
     assert not re.search(r"-- [a-z][a-z ]* --(?![\w-])", help_text), "a section comment leaked into the help"
-
-
-def test_single_task_baselines_resume_and_summary(tmp_path, capsys):
-    presets = {"tiny": runner.Preset(agent=AGENT, loop=dataclasses.replace(LOOP, total_steps=40),
-                                     run=dataclasses.replace(RUN, tasks="classic-continuous", seeds=1))}
-    argv = ["--preset", "tiny", "--single-task-baselines", "--run-dir", str(tmp_path / "st")]
-    root = cli.main("test", brc.AGENT_SPEC, presets, argv=argv)
-    summary = json.loads((root / "summary.json").read_text())
-    assert set(summary) == {"Pendulum-v1", "MountainCarContinuous-v0"}
-    assert json.loads((root / "config.json").read_text())["provenance"]["packages"]["jax"] == jax.__version__
-    assert all(entry["step"] == 40 and entry["seeds"] == 1 for entry in summary.values())
-    task_config = json.loads((root / "Pendulum-v1" / "config.json").read_text())
-    assert task_config["loop"]["batch_size"] == LOOP.batch_size // 2 and task_config["run"]["tasks"] == "Pendulum-v1"
-    # Resuming a finished set from its directory alone runs nothing again; other flags beside --resume are refused.
-    cli.main("test", brc.AGENT_SPEC, presets, argv=["--resume", str(root)])
-    assert capsys.readouterr().out.count("finished, skipped") == 2
-    with pytest.raises(SystemExit, match="--preset, --single-task-baselines cannot change a resumed run or study"):
-        cli.main("test", brc.AGENT_SPEC, presets, argv=["--preset", "tiny", "--single-task-baselines",
-                                                        "--resume", str(root)])
-    with pytest.raises(ValueError, match="as a sweep study: it is a 'baselines' study"):
-        runner.study.open_study(root, "sweep", {}, {}, [], resume=True)
 
 
 def test_resume_and_run_dir_guards(tmp_path):

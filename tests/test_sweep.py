@@ -1,6 +1,6 @@
-"""Sweeps (purejaxmt.studies.sweep): settings x seeds in one program equal the single runs they stand for, unsharded,
-sharded over 8 fake devices and split over two processes of one `jax.distributed` job (also when one process stops the
-job mid-way and it resumes); settings that change shapes become separate programs; bad sweeps fail clearly before
+"""Sweeps (purejaxmt.studies.sweep): settings x seeds in one program equal the single runs they stand for, unsharded
+and sharded over 8 fake devices (a sweep split over two processes of one `jax.distributed` job, stopped, killed and
+resumed: tests/test_faults.py); settings that change shapes become separate programs; bad sweeps fail clearly before
 anything runs. The configs are tests/sweep_driver.py's tiny BRC on Gymnax Pendulum-v1."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,19 +55,6 @@ def driver(args: list[str], *, devices_count: int | None = None, env: dict | Non
                           timeout=600, check=False)
 
 
-def two_processes(args: list[str], env: dict | None = None) -> None:
-    with socket.socket() as s:  # a free port for the coordinator
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    environ = {**os.environ, "PUREJAXMT_CACHE_DIR": _CACHE, **(env or {})}
-    procs = [subprocess.Popen([sys.executable, str(DRIVER), *args, "--coordinator-address", f"127.0.0.1:{port}",
-                               "--num-processes", "2", "--process-id", str(i)], env=environ,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, out[-3000:]
-
-
 @pytest.fixture(scope="module")
 def unsharded(tmp_path_factory) -> Path:
     """2 learning rates x 2 seeds in one program on one device."""
@@ -112,21 +98,6 @@ def test_sweep_sharded_over_8_fake_devices_equals_unsharded(unsharded, tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "4 run(s) on 4 of the 8 devices (fewer runs than devices" in out.stdout, out.stdout[-2000:]
     assert_same_rows(by_run(tmp_path / "few" / "program-0"), by_run(unsharded / "program-0"))
-
-
-def test_two_processes_write_the_same_runs_and_resume_after_a_stop(unsharded, tmp_path):
-    """Each process trains and logs its own 2 runs. Process 1 asks to stop after chunk 1 (as SIGTERM does): both stop
-    there and checkpoint; resuming both processes finishes the runs the unsharded sweep trained. (A two-process sweep
-    killed anywhere is tests/test_faults.py's.)"""
-    two_processes([*SWEEP, "--run-dir", str(tmp_path / "stopped")],
-                  env={"SWEEP_STOP_AT_CHUNK": "1", "SWEEP_STOPPING_PROCESS": "1"})
-    program = tmp_path / "stopped" / "program-0"
-    assert rundir.last_logged_chunk(program) == 1
-    assert (program / "metrics.jsonl").is_file() and (program / "metrics.process-1.jsonl").is_file()
-    two_processes(["--resume", str(tmp_path / "stopped")])  # the sweep is read from the sweep dir
-    rows = by_run(program)
-    assert len(rows) == 4 * LOOP.num_chunks
-    assert_same_rows(rows, by_run(unsharded / "program-0"))
 
 
 def test_shape_changing_settings_are_separate_programs():
