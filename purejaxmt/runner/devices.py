@@ -11,7 +11,6 @@ back and logs only the runs on its own devices (`local_runs`, `local_values`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -210,13 +209,12 @@ def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None,
     mine = local_runs(sharding, num_runs)
     if sharding is not None:
         keys, hypers = keys[mine], jax.tree.map(lambda x: x[mine], hypers)
-    # One program, so the compilation cache keeps it: run op by op, the vmapped init compiled every network
-    # initialiser and the batched env reset as hundreds of small programs, which no cache kept, in every process
-    # (a tiny Pendulum-v1 init 8.1 s, an MJX cartpole one 23 s, a humanoid one 25 s; jitted 4.1 s, 16 s and 18 s
-    # cold, under a second from the cache; 2-core CPU, jax 0.10.2).
-    state = jax.jit(functools.partial(batched_init, program))(keys, hypers)
-    # A jitted function may return its inputs' buffers (the settings) and one buffer twice (the target critic starts
-    # as the online critic): give every leaf its own buffer, since the chunk donates them all.
+    # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers and an MJX reset
+    # never completed its execution (a runtime deadlock, seen on 2 cores); op-by-op init costs a few seconds once,
+    # and env.reset inside it is jitted on its own.
+    state = batched_init(program, keys, hypers)
+    # Op-by-op init can hand out one buffer twice (the target critic starts as the online critic): give every leaf
+    # its own buffer, since the chunk donates them all.
     state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
     if sharding is None:
         return state
