@@ -209,9 +209,11 @@ def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None,
     mine = local_runs(sharding, num_runs)
     if sharding is not None:
         keys, hypers = keys[mine], jax.tree.map(lambda x: x[mine], hypers)
-    # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers and an MJX reset
-    # never completed its execution (a runtime deadlock, seen on 2 cores); op-by-op init costs a few seconds once,
-    # and env.reset inside it is jitted on its own.
+    # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers (orthogonal: a QR
+    # each) and an MJX reset can fail to complete its execution (a runtime deadlock on 2 cores: seen again on
+    # 2026-12-07, the smoke transfer's 6-run init hung at 0% CPU inside the test suite, after passing alone). Op by op
+    # the init costs seconds in every process (8 s for a tiny Pendulum-v1 config, 23 s for MJX cartpole, 25 s for
+    # the humanoid; the jitted program took 4, 16 and 18 s to compile), and env.reset inside it is jitted on its own.
     state = batched_init(program, keys, hypers)
     # Op-by-op init can hand out one buffer twice (the target critic starts as the online critic): give every leaf
     # its own buffer, since the chunk donates them all.
