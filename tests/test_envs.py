@@ -264,6 +264,19 @@ def test_dmc_small_and_task_names():
     np.testing.assert_array_equal(env.spec.action.mask.sum(1), [21, 1, 21])
 
 
+def test_playground_families_are_built_once_per_task_and_process(mixed):
+    """A later env of the same tasks reuses their family (the loaded MJX model, the traced one-env reset and step);
+    humanoid task sets have families of their own on one shared model and batched step; an env's time limit stays
+    its own."""
+    env = mixed[0]  # families: humanoid (stand, walk, run), pendulum-swingup
+    other = envs.make("pendulum-swingup,humanoid-walk,humanoid-speed-4")
+    assert other.families[0] is env.families[1]
+    humanoid, other_humanoid = env.families[0], other.families[1]
+    assert other_humanoid is not humanoid and other_humanoid.task_names == ("humanoid-walk", "humanoid-speed-4")
+    assert other_humanoid.env is humanoid.env and other_humanoid._step_envs is humanoid._step_envs
+    assert env.episode_length == (EPISODE,) * 4 and other.episode_length == (1000,) * 3
+
+
 def test_errors():
     with pytest.raises(ValueError, match="Unknown task.*'humnoid-run'.*dmc-small.*humanoid-run"):
         envs.make("humnoid-run")
