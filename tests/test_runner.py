@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_keys import LEVEL, LOGGER, compiled_keys
 
 from purejaxmt import cli, envs, offpolicy, runner
 from purejaxmt.agents import brc, brc_discrete
@@ -145,12 +146,20 @@ def _comparable(row):
     return {k: v for k, v in row.items() if k not in ("wall_time", "env_steps_per_second")}
 
 
-def test_kill_and_resume_gives_the_same_run(tmp_path, env):
-    whole = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "whole")
+def test_kill_and_resume_gives_the_same_run(tmp_path, env, caplog):
+    with caplog.at_level(LEVEL, logger=LOGGER):
+        whole = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "whole")
+    fresh = compiled_keys(caplog.records)
+    caplog.clear()
     stopped = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, run_dir=tmp_path / "resumed",
                          progress_fn=lambda chunk, rows: chunk < 1)
     assert [r["chunk"] for r in map(json.loads, (stopped / "metrics.jsonl").read_text().splitlines())] == [1, 1]
-    resumed = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=stopped)
+    with caplog.at_level(LEVEL, logger=LOGGER):
+        resumed = runner.run("test", brc.AGENT_SPEC, AGENT, LOOP, RUN, env=env, resume=stopped)
+    # The restored state has the fresh state's shardings: a resume compiles the fresh run's programs (cache hits).
+    restored = compiled_keys(caplog.records)
+    for name in ("jit_train_chunk", "jit_evaluate_at"):
+        assert len(fresh[name]) == 1 and restored[name] == fresh[name], (name, fresh, restored)
     assert [_comparable(r) for r in _rows(resumed, 3)] == [_comparable(r) for r in _rows(whole, 3)]
     assert all(r.get(f"eval/{TASKS}/return") is not None for r in _rows(resumed, 3))
     assert all(r.get(f"train/{TASKS}/return") is not None and r["step"] == 120 for r in _rows(resumed, 3))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_keys import LEVEL, LOGGER, compiled_keys
 
 from purejaxmt import envs
 from purejaxmt.agents import brc, brc_discrete
@@ -212,12 +213,14 @@ def load_experiment():
     return module
 
 
-def test_transfer_experiment_end_to_end(tmp_path):
+def test_transfer_experiment_end_to_end(tmp_path, caplog):
     """The smoke preset: a 2-task cartpole source, then scratch / embedding / all on 3 tasks over 2 seeds. After the
     transfer run, the `embedding` runs' trunks equal the source's bit for bit and their new rows moved; the `all`
     runs' trunks moved; the report names the three modes; a finished experiment is not run again on --resume."""
     experiment = load_experiment()
-    out = experiment.main(experiment.Args(preset="smoke", out=tmp_path / "exp", reps=100))  # a quicker report
+    with caplog.at_level(LEVEL, logger=LOGGER):
+        out = experiment.main(experiment.Args(preset="smoke", out=tmp_path / "exp", reps=100))  # a quicker report
+    fresh = compiled_keys(caplog.records)
     source, after = saved.load(out / "source"), saved.load(out / "transfer")
     assert after.task_names == ("cartpole-balance", "cartpole-swingup", "cartpole-balance-sparse")
     assert after.num_runs == 6 and after.agent_config.new_task_rows == (2,)
@@ -258,8 +261,13 @@ def test_transfer_experiment_end_to_end(tmp_path):
 
     rows = comparable_rows()
     shutil.rmtree(transfer_dir / "checkpoints" / "2")
-    experiment.main(experiment.Args(resume=out))
+    caplog.clear()
+    with caplog.at_level(LEVEL, logger=LOGGER):
+        experiment.main(experiment.Args(resume=out))
     assert comparable_rows() == rows
+    # The restored MJX state (its zero-size leaves made afresh) compiles to the transfer run's first program.
+    restored = compiled_keys(caplog.records)
+    assert len(restored["jit_train_chunk"]) == 1 and restored["jit_train_chunk"] <= fresh["jit_train_chunk"]
 
 
 def _comparable(row: dict) -> dict:

@@ -59,11 +59,15 @@ def to_saveable(state: Any) -> dict:
 
 
 def from_saveable(saved: dict, template: Any) -> Any:
-    """`template`'s structure filled from a nested dict of `to_saveable`'s shape (zero-size leaves made afresh)."""
+    """`template`'s structure filled from a nested dict of `to_saveable`'s shape (zero-size leaves made afresh, with
+    the template's sharding where it has one: the restored state then compiles to the same program as the fresh one)."""
     leaves = []
     for path, leaf in leaf_paths(template):
         if not leaf.size:
-            leaves.append(jnp.zeros(leaf.shape, leaf.dtype))
+            sharding = getattr(leaf, "sharding", None)
+            leaves.append(jnp.zeros(leaf.shape, leaf.dtype) if sharding is None else
+                          jax.make_array_from_callback(leaf.shape, sharding, lambda index, leaf=leaf:
+                                                       np.zeros(leaf.shape, leaf.dtype)[index]))
             continue
         node = saved
         for name in path:

@@ -198,6 +198,8 @@ def run(experiment: str, agent_spec: AgentSpec, agent_config: Any, loop_config: 
     state = devices.init_states(program, keys, hypers, sharding)
     if resume is None and any(spec.learner is not None for spec in all_runs):
         state = _start_learners(state, [all_runs[i].learner for i in mine], mine, sharding, padded)
+    if sharding is None:  # committed to its device as restored arrays are: a resume then compiles the same program
+        state = jax.device_put(state, device_list[0])  # (a compilation-cache hit), not one with other shardings
     run_keys = devices.global_runs_array(np.asarray(keys)[mine], sharding, padded)
 
     padding = f" (+{padded - num_runs} padding)" if padded > num_runs else ""
