@@ -28,7 +28,7 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
     """Keeps compiled programs on disk, so a second run (or a resume) of the same config skips the compile, which
     dominates short runs on a CPU (an MJX humanoid chunk takes minutes to compile there). `PUREJAXMT_CACHE_DIR`
     overrides the location; set it to an empty string to disable. Every program is kept, however quick its compile:
-    the op-by-op run-state init compiles about 200 small ones in every process (a tiny Pendulum-v1 run took 18.0 s
+    the op-by-op run-state init compiles a few hundred small ones in every process (a tiny Pendulum-v1 run took 18.0 s
     with only compiles over 1 s kept, 13.5 s with those over 0.1 s, 10.4 s with all: docs/results.md)."""
     path = os.environ.get("PUREJAXMT_CACHE_DIR", path or str(Path.home() / ".cache" / "purejaxmt" / "xla"))
     if not path:
@@ -214,8 +214,9 @@ def init_states(program: Program, keys: jax.Array, hypers: Hyper | None = None,
     # Not jitted as a whole: on XLA:CPU (jax 0.10.2) one program holding the network initialisers (orthogonal: a QR
     # each) and an MJX reset can fail to complete its execution (a runtime deadlock on 2 cores: seen again on
     # 2026-12-07, the smoke transfer's 6-run init hung at 0% CPU inside the test suite, after passing alone). Op by op
-    # the init costs seconds in every process (8 s for a tiny Pendulum-v1 config, 23 s for MJX cartpole, 25 s for
-    # the humanoid; the jitted program took 4, 16 and 18 s to compile), and env.reset inside it is jitted on its own.
+    # the init compiles a few hundred small programs (8 s for a tiny Pendulum-v1 config, 23 s for MJX cartpole, 25 s
+    # for the humanoid, from a cold cache; the jitted program took 4, 16 and 18 s to compile); the compilation cache
+    # keeps them all (`enable_compilation_cache`), and env.reset inside it is jitted on its own.
     state = batched_init(program, keys, hypers)
     # Op-by-op init can hand out one buffer twice (the target critic starts as the online critic): give every leaf
     # its own buffer, since the chunk donates them all.
