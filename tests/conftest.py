@@ -19,10 +19,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 # Longest first: xdist hands whole files (`--dist loadfile`) to the two workers in this order
 # (`--no-loadscope-reorder`), so that the last minutes of a run are the many short files, on both workers. Its own
-# order (most tests first) ran
-# the one-test two-process kill file last, on one worker, while the other had been idle for 3 min (clean-clone runs
-# at 1e1f4e3 and acf8137: pytest 879 s and 952 s). Each file's share of those runs, in seconds: transfer 240-275,
-# faults 192-339, benchmarks 163-197, presets 144, fault_tool 130, sweep 116-129, envs 82-86, render 68-80.
+# order (most tests first) ran the one-test two-process kill file last, on one worker, while the other had been idle
+# for 3 min (clean-clone runs at 1e1f4e3 and acf8137: pytest 879 s and 952 s). Each file's share of those runs, in
+# seconds: transfer 240-275, faults 192-339, benchmarks 163-197, presets 144, fault_tool 130, sweep 116-129, envs
+# 82-86, render 68-80.
 LONGEST_FIRST = ("test_transfer.py", "test_faults.py", "test_benchmarks.py", "test_presets.py", "test_fault_tool.py",
                  "test_sweep.py", "test_envs.py", "test_render.py")
 
